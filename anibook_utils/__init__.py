@@ -1,0 +1,9 @@
+"""Helpers for the ANI Book.
+
+Each module belongs to the chapter that introduces it:
+
+- ``anibook_utils.data``: loading, splitting and batching ANI-1 data (chapter 1)
+- ``anibook_utils.notebook``: quick mode and metric records for the chapters (every chapter)
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""Mini-batches with padding trimmed per batch (chapter 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .dataset import ANIData
+
+
+@dataclass
+class Batch:
+    """One mini-batch: the same fields as :class:`ANIData`, padded only to its widest molecule."""
+
+    species: torch.Tensor
+    coordinates: torch.Tensor
+    energies: torch.Tensor
+    molecule_ids: torch.Tensor
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.energies.shape[0])
+
+
+def iterate_batches(
+    data: ANIData,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Yield :class:`Batch` objects covering ``data`` once.
+
+    With ``shuffle=True`` the order comes from ``generator`` (or a new one seeded with
+    ``seed``), so the same seed gives the same batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    n = len(data)
+    if shuffle:
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(0 if seed is None else seed)
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.arange(n)
+    real = data.species >= 0
+    for start in range(0, n, batch_size):
+        index = order[start : start + batch_size]
+        if drop_last and len(index) < batch_size:
+            break
+        width = int(real[index].sum(dim=1).max())
+        yield Batch(
+            species=data.species[index, :width],
+            coordinates=data.coordinates[index, :width],
+            energies=data.energies[index],
+            molecule_ids=data.molecule_ids[index],
+            indices=index,
+        )

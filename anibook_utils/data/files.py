@@ -1,0 +1,191 @@
+"""Finding, verifying and downloading data files (chapter 1).
+
+Resolution order for a data set: an explicit path, then the directory named by the
+``ANIBOOK_DATA_DIR`` environment variable, then ``data/`` in the repository, then a
+download from the official ANI-1 release archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm.auto import tqdm
+
+from .errors import ChecksumMismatchError, DataFileNotFoundError, DownloadError
+from .registry import DEFAULT_DATASET, DatasetInfo, dataset_info
+
+DATA_DIR_ENV = "ANIBOOK_DATA_DIR"
+OFFLINE_ENV = "ANIBOOK_OFFLINE"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_DATA_DIR = REPO_ROOT / "data"
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | os.PathLike, info: DatasetInfo) -> None:
+    """Raise :class:`ChecksumMismatchError` unless ``path`` has the registry's SHA-256."""
+    actual = sha256_of(path)
+    if actual != info.sha256:
+        raise ChecksumMismatchError(
+            f"{path} is not the expected {info.filename}: its SHA-256 is {actual}, "
+            f"the registry expects {info.sha256}. The file is corrupt, truncated or a "
+            f"different version: delete it and run `python -m anibook_utils fetch-data "
+            f"--name {info.name}` to download a fresh copy."
+        )
+
+
+def candidate_dirs() -> list[Path]:
+    """Directories searched for data files, in order."""
+    dirs = []
+    if os.environ.get(DATA_DIR_ENV):
+        dirs.append(Path(os.environ[DATA_DIR_ENV]).expanduser())
+    dirs.append(REPO_DATA_DIR)
+    return dirs
+
+
+def download_dir() -> Path:
+    """Where a download goes: ``ANIBOOK_DATA_DIR`` if set, else the repository's ``data/``."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    return REPO_DATA_DIR
+
+
+def locate_dataset(
+    name: str = DEFAULT_DATASET,
+    path: str | os.PathLike | None = None,
+    download: bool | None = None,
+) -> Path:
+    """Return the path of a verified copy of data set ``name``.
+
+    ``path`` (a file) wins when given and is read as it is. Otherwise the search
+    directories are tried, and as a last resort the file is downloaded, unless
+    ``download`` is False or ``ANIBOOK_OFFLINE=1``.
+    """
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise DataFileNotFoundError(
+                f"No data file at {path}. Check the path, or leave it out to use the "
+                f"registered data set (set {DATA_DIR_ENV} to the folder that holds it, "
+                "or run `python -m anibook_utils fetch-data` to download it)."
+            )
+        return path
+    info = dataset_info(name)
+    for folder in candidate_dirs():
+        candidate = folder / info.filename
+        if candidate.is_file():
+            verify_checksum(candidate, info)
+            return candidate
+    if download is None:
+        download = os.environ.get(OFFLINE_ENV, "0") != "1"
+    searched = ", ".join(str(d) for d in candidate_dirs())
+    if not download:
+        raise DataFileNotFoundError(
+            f"{info.filename} was not found (searched: {searched}). Run `python -m "
+            f"anibook_utils fetch-data --name {name}` to download it, or set "
+            f"{DATA_DIR_ENV} to the folder that already holds it."
+        )
+    return fetch_dataset(name, download_dir())
+
+
+class _CountingReader:
+    """A file-like wrapper that reports bytes read to a progress bar."""
+
+    def __init__(self, raw: BinaryIO, progress: tqdm) -> None:
+        self._raw = raw
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._raw.read(size)
+        self._progress.update(len(chunk))
+        return chunk
+
+
+def fetch_dataset(
+    name: str = DEFAULT_DATASET,
+    dest_dir: str | os.PathLike | None = None,
+    url: str | None = None,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download data set ``name`` into ``dest_dir`` and return its path.
+
+    The release archive is streamed: only the wanted member is extracted, to a
+    temporary file that is checksum-verified before it is renamed into place. A
+    verified file already in ``dest_dir`` is reused without any network access.
+    """
+    info = dataset_info(name)
+    dest = Path(dest_dir) if dest_dir is not None else download_dir()
+    target = dest / info.filename
+    if target.is_file():
+        verify_checksum(target, info)
+        return target
+    if info.archive_member is None:
+        raise DownloadError(f"{info.name} has no download source; it ships with the repository.")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            f"Cannot create {dest} to download {info.filename} into ({exc}). "
+            f"Set {DATA_DIR_ENV} to a writable folder."
+        ) from exc
+    url = url or info.source_url
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=dest)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            _stream_member(url, info.archive_member, out, timeout, progress)
+        verify_checksum(tmp, info)
+        os.replace(tmp, target)
+    except ChecksumMismatchError as exc:
+        raise DownloadError(
+            f"The download of {info.filename} from {url} did not match its checksum "
+            f"(the transfer was corrupted or cut short); nothing was kept. Try again. {exc}"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _stream_member(url: str, member: str, out: BinaryIO, timeout: float, progress: bool) -> None:
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        raise DownloadError(
+            f"Could not reach {url} ({exc}). Check your internet connection, or download "
+            f"the ANI-1 release by hand and set {DATA_DIR_ENV} to the folder holding the file."
+        ) from exc
+    with response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc="ANI-1 archive",
+                  disable=not progress) as bar:
+            try:
+                with tarfile.open(fileobj=_CountingReader(response, bar), mode="r|gz") as archive:
+                    for entry in archive:
+                        if entry.name.lstrip("./") == member and entry.isfile():
+                            source = archive.extractfile(entry)
+                            assert source is not None
+                            shutil.copyfileobj(source, out, _CHUNK)
+                            return
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise DownloadError(
+                    f"The archive from {url} is corrupt or was cut short ({exc}); nothing was "
+                    "kept. Try again."
+                ) from exc
+    raise DownloadError(f"The archive from {url} holds no member {member!r}; nothing was kept.")

@@ -1,0 +1,130 @@
+"""Reading ANI-1 HDF5 files into padded tensors (chapter 1).
+
+An ANI-1 file nests groups to any depth; every group holding ``species``,
+``coordinates`` and ``energies`` is one molecule with many conformations.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .dataset import ELEMENTS, PADDING, ANIData, formula
+from .errors import (
+    EmptySelectionError,
+    MalformedGroupError,
+    NonFiniteValueError,
+    NotHDF5Error,
+    UnsupportedElementError,
+)
+
+REQUIRED = ("species", "coordinates", "energies")
+
+
+def _decode(symbols: np.ndarray) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in symbols.tolist()]
+
+
+def _molecule_groups(handle: h5py.File) -> list[str]:
+    found: list[str] = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Group) and any(k in obj for k in REQUIRED):
+            found.append(name)
+
+    handle.visititems(visit)
+    return sorted(found)
+
+
+def _read_group(group: h5py.Group, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    missing = [k for k in REQUIRED if k not in group]
+    if missing:
+        raise MalformedGroupError(
+            f"Group {name!r} lacks {missing}: each molecule group needs 'species', "
+            "'coordinates' and 'energies'. Fix or remove the group in the file."
+        )
+    symbols = _decode(np.asarray(group["species"][()]).reshape(-1))
+    coordinates = np.asarray(group["coordinates"][()], dtype=np.float32)
+    energies = np.asarray(group["energies"][()], dtype=np.float64)
+    n_atoms = len(symbols)
+    if coordinates.ndim != 3 or coordinates.shape[1:] != (n_atoms, 3):
+        raise MalformedGroupError(
+            f"Group {name!r}: 'coordinates' has shape {coordinates.shape}, expected "
+            f"(conformations, {n_atoms}, 3) for its {n_atoms} species."
+        )
+    if energies.shape != (coordinates.shape[0],):
+        raise MalformedGroupError(
+            f"Group {name!r}: 'energies' has shape {energies.shape}, expected "
+            f"({coordinates.shape[0]},), one energy per conformation."
+        )
+    unknown = sorted(set(symbols) - set(ELEMENTS))
+    if unknown:
+        raise UnsupportedElementError(
+            f"Group {name!r} contains {unknown}; the book's models cover only "
+            f"{', '.join(ELEMENTS)}. Remove that group or select other molecules."
+        )
+    for label, values in (("energies", energies), ("coordinates", coordinates)):
+        bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+        if bad.any():
+            raise NonFiniteValueError(
+                f"Group {name!r}: {int(bad.sum())} conformation(s) have NaN or infinite "
+                f"{label} (first at index {int(np.argmax(bad))}). Drop them from the file."
+            )
+    return symbols, coordinates, energies
+
+
+def read_ani_h5(path: str | os.PathLike, sha256: str = "") -> ANIData:
+    """Read every molecule group of an ANI-1 HDF5 file into an :class:`ANIData`."""
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise NotHDF5Error(
+            f"{path} is not a readable HDF5 file ({exc}). It may be truncated or not an "
+            "ANI-1 file: delete it and run `python -m anibook_utils fetch-data` again."
+        ) from exc
+    rows: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+    names: list[str] = []
+    try:
+        with handle:
+            for name in _molecule_groups(handle):
+                rows.append(_read_group(handle[name], name))
+                names.append(name)
+    except (OSError, KeyError, ValueError) as exc:
+        raise NotHDF5Error(
+            f"{path} could not be read to the end ({exc}); it is probably truncated. Delete "
+            "it and run `python -m anibook_utils fetch-data` again."
+        ) from exc
+    if not rows:
+        raise EmptySelectionError(
+            f"{path} holds no molecule groups (groups with 'species', 'coordinates' and "
+            "'energies'). Is it an ANI-1 file?"
+        )
+    width = max(len(s) for s, _, _ in rows)
+    total = sum(c.shape[0] for _, c, _ in rows)
+    species = np.full((total, width), PADDING, dtype=np.int64)
+    coordinates = np.zeros((total, width, 3), dtype=np.float32)
+    energies = np.empty(total, dtype=np.float64)
+    molecule_ids = np.empty(total, dtype=np.int64)
+    start = 0
+    for mol, (symbols, coords, energy) in enumerate(rows):
+        stop = start + coords.shape[0]
+        species[start:stop, : len(symbols)] = [ELEMENTS.index(s) for s in symbols]
+        coordinates[start:stop, : len(symbols)] = coords
+        energies[start:stop] = energy
+        molecule_ids[start:stop] = mol
+        start = stop
+    return ANIData(
+        species=torch.from_numpy(species),
+        coordinates=torch.from_numpy(coordinates),
+        energies=torch.from_numpy(energies),
+        molecule_ids=torch.from_numpy(molecule_ids),
+        molecule_names=[formula(s) for s, _, _ in rows],
+        groups=names,
+        source=str(path),
+        source_sha256=sha256,
+    )

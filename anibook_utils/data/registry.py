@@ -1,0 +1,64 @@
+"""The registry of data sets the book knows (chapter 1).
+
+``data/README.md`` shows the same table for people; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnknownDatasetError
+
+ANI1_ARCHIVE_URL = "https://ndownloader.figshare.com/files/9057631"
+ANI1_CITATION = (
+    "J. S. Smith, O. Isayev, A. E. Roitberg, ANI-1, A data set of 20 million calculated "
+    "off-equilibrium conformations for organic molecules, Sci. Data 4, 170193 (2017)"
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One known data file: where it comes from and how to check it."""
+
+    name: str
+    filename: str
+    sha256: str
+    size: int
+    conformations: int
+    description: str
+    source_url: str
+    archive_member: str | None
+    doi: str
+    licence: str
+    citation: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "ani_gdb_s01": DatasetInfo(
+        name="ani_gdb_s01",
+        filename="ani_gdb_s01.h5",
+        sha256="5d463ae53c74dc6fcac49494bc3201e9a4a59fad086023184b270348428f4b34",
+        size=625_941,
+        conformations=10_800,
+        description="ANI-1, molecules with one heavy atom (CH4, NH3, H2O), wB97x/6-31G(d)",
+        source_url=ANI1_ARCHIVE_URL,
+        archive_member="ANI-1_release/ani_gdb_s01.h5",
+        doi="10.6084/m9.figshare.c.3846712",
+        licence="CC BY 4.0",
+        citation=ANI1_CITATION,
+    ),
+}
+
+DEFAULT_DATASET = "ani_gdb_s01"
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Return the registry entry for ``name`` or raise :class:`UnknownDatasetError`."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        known = ", ".join(sorted(DATASETS))
+        raise UnknownDatasetError(
+            f"Unknown data set {name!r}. Known data sets: {known}. "
+            "To read a file of your own, pass its path instead of a name."
+        ) from None

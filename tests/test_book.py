@@ -1,0 +1,89 @@
+"""The book as a whole: table of contents, notebook hygiene, and a quick build that fails on warnings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anibook_utils.colab import SETUP_CELL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files
+
+
+def chapters() -> list[Path]:
+    return [ROOT / f"{f}.ipynb" for f in toc_files() if (ROOT / f"{f}.ipynb").exists()]
+
+
+def test_every_toc_entry_exists():
+    for entry in toc_files():
+        assert (ROOT / f"{entry}.ipynb").exists() or (ROOT / f"{entry}.md").exists(), entry
+
+
+def test_every_notebook_in_book_is_in_the_toc():
+    listed = {ROOT / f"{f}.ipynb" for f in toc_files()}
+    assert set((ROOT / "book").glob("*.ipynb")) <= listed
+
+
+@pytest.mark.parametrize("path", chapters(), ids=lambda p: p.stem)
+def test_chapter_opening_cells(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "".join(code[0]["source"]) == SETUP_CELL, "first code cell must be the standard setup cell"
+    parameters = code[1]
+    assert "parameters" in parameters["metadata"].get("tags", [])
+    assert 'QUICK = os.environ.get("ANIBOOK_QUICK", "0") == "1"' in "".join(parameters["source"])
+
+
+@pytest.mark.parametrize("path", chapters(), ids=lambda p: p.stem)
+def test_outputs_stripped_except_checked_cells(path):
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" not in "".join(cell["source"]):
+            assert not cell["outputs"], f"{path.name}: committed output in {''.join(cell['source'])[:60]!r}"
+
+
+@pytest.mark.parametrize("path", chapters(), ids=lambda p: p.stem)
+def test_figures_have_captions(path):
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "plt.show()" in source:
+            caption = cell["metadata"].get("mystnb", {}).get("figure", {}).get("caption", "")
+            assert caption.strip(), f"{path.name}: figure cell without a caption: {source[:60]!r}"
+
+
+@pytest.mark.notebook
+@pytest.mark.usefixtures("real_data")
+def test_quick_book_build_has_no_warnings(tmp_path):
+    """Build the whole book in quick mode with warnings as errors, then look at the pages."""
+    env = dict(os.environ, ANIBOOK_QUICK="1", ANIBOOK_METRICS_DIR=str(tmp_path / "metrics"))
+    jb = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run(
+        [str(jb), "build", str(ROOT), "--path-output", str(tmp_path), "-W", "--keep-going"],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").is_file()
+    for entry in toc_files():
+        page = (html / f"{entry}.html").read_text()
+        article = page[page.index("<article"): page.rindex("</article>")]
+        assert "Traceback (most recent call last)" not in page, entry
+        images = len(re.findall(r"<img ", article))
+        captions = len(re.findall(r"<figcaption", article))
+        assert captions >= images, f"{entry}: {images} images but {captions} captions"
