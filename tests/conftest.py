@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,18 @@ def run_chapter(tmp_path_factory: pytest.TempPathFactory, real_data):
         return done[key]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def quick_book(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
+    """Build the whole book once in quick mode, warnings as errors; return the HTML folder."""
+    out = tmp_path_factory.mktemp("book")
+    env = dict(os.environ, ANIBOOK_QUICK="1", ANIBOOK_METRICS_DIR=str(out / "metrics"))
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
+        env=env, capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        pytest.fail("jupyter-book build failed:\n" + result.stdout[-6000:] + result.stderr[-3000:])
+    return out / "_build" / "html"
