@@ -47,12 +47,12 @@ def iterate_batches(
         order = torch.randperm(n, generator=generator)
     else:
         order = torch.arange(n)
-    real = data.species >= 0
+    atoms = data.num_atoms  # real atoms per conformation, computed once
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]
         if drop_last and len(index) < batch_size:
             break
-        width = int(real[index].sum(dim=1).max())
+        width = int(atoms[index].max())
         yield Batch(
             species=data.species[index, :width],
             coordinates=data.coordinates[index, :width],
