@@ -3,6 +3,7 @@
 Each module belongs to the chapter that introduces it:
 
 - ``anibook_utils.data``: loading, splitting and batching ANI-1 data (chapter 1)
+- ``anibook_utils.aev``: the course's AEV constants, AEVs from scratch and cached torchani AEVs (chapter 3)
 - ``anibook_utils.notebook``: quick mode and metric records for the chapters (every chapter)
 """
 
