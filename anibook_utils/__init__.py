@@ -3,6 +3,8 @@
 Each module belongs to the chapter that introduces it:
 
 - ``anibook_utils.data``: loading, splitting and batching ANI-1 data (chapter 1)
+- ``anibook_utils.viewer``: 3D views of conformations (chapter 1)
+- ``anibook_utils.self_energy``: fitting and subtracting per-element self energies (chapter 2)
 - ``anibook_utils.aev``: the course's AEV constants, AEVs from scratch and cached torchani AEVs (chapter 3)
 - ``anibook_utils.notebook``: quick mode and metric records for the chapters (every chapter)
 """

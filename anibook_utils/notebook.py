@@ -53,3 +53,19 @@ def read_metrics(chapter: str) -> dict[str, Any]:
     """The metrics a chapter recorded (empty if none)."""
     path = metrics_path(chapter)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def glue(name: str, value: Any, display: bool = False) -> None:
+    """Put a number computed in a cell into the chapter's prose (``{glue:text}`name```).
+
+    Wraps myst-nb's ``glue`` (the book build), converting NumPy and torch scalars to plain
+    Python numbers, which glue renders without warnings. Where myst-nb is not installed
+    (Colab), it does nothing: the cells print the numbers anyway.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    myst_glue(name, value, display=display)
