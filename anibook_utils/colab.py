@@ -19,7 +19,8 @@ from pathlib import Path
 if "google.colab" in sys.modules:
     repo = Path("anibook").resolve()
     if not repo.exists():
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", "{REPOSITORY_BRANCH}", "{REPOSITORY_URL}", str(repo)], check=True)
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", "{REPOSITORY_BRANCH}",
+                        "{REPOSITORY_URL}", str(repo)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(repo)], check=True)
     sys.path.insert(0, str(repo))
     subprocess.run([sys.executable, "-m", "anibook_utils", "fetch-data"], check=True)

@@ -77,6 +77,7 @@ def quick_book(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
     """Build the whole book once in quick mode, warnings as errors; return the HTML folder."""
     out = tmp_path_factory.mktemp("book")
     env = dict(os.environ, ANIBOOK_QUICK="1", ANIBOOK_METRICS_DIR=str(out / "metrics"))
+    env.pop("MPLBACKEND", None)  # the kernels keep their inline backend: with Agg the pages have no figures
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     result = subprocess.run(
         [str(jupyter_book), "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],

@@ -1,6 +1,7 @@
 """Create a chapter notebook with the standard opening cells (title, setup, parameters).
 
 Usage: python tools/new_chapter.py book/03_aevs.ipynb "3. Atomic environment vectors"
+       python tools/new_chapter.py --sync book/*.ipynb   # rewrite every chapter's setup cell
 """
 
 from __future__ import annotations
@@ -25,9 +26,25 @@ def new_chapter(path: str, title: str) -> None:
     parameters = nbformat.v4.new_code_cell(PARAMETERS_CELL)
     parameters.metadata["tags"] = ["parameters"]
     setup = nbformat.v4.new_code_cell(SETUP_CELL)
+    setup.metadata["tags"] = ["hide-input"]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), setup, parameters]
     nbformat.write(nb, path)
 
 
+def sync_setup_cell(path: str) -> None:
+    """Make the first code cell of ``path`` the current :data:`SETUP_CELL` (input hidden in the book)."""
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    first.source = SETUP_CELL
+    tags = first.metadata.setdefault("tags", [])
+    if "hide-input" not in tags:
+        tags.append("hide-input")
+    nbformat.write(nb, path)
+
+
 if __name__ == "__main__":
-    new_chapter(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--sync":
+        for name in sys.argv[2:]:
+            sync_setup_cell(name)
+    else:
+        new_chapter(sys.argv[1], sys.argv[2])

@@ -1,0 +1,364 @@
+"""The rendered book in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+The quick book (fixture `quick_book`) is served over http on 127.0.0.1. Every page in _toc.yml must
+load without console errors and show its figures; the navigation, the search, the Colab launch
+button and the equations (MathJax) must work. Screenshots of every page are kept as test artefacts
+in $ANIBOOK_ARTIFACTS_DIR/screenshots (default: _build/screenshots).
+
+Needs /usr/bin/chromium (tools/install_browser.sh installs it) and the `playwright` package, never
+Playwright's own browser download. The real book loads MathJax and 3Dmol.js from the jsDelivr CDN;
+the tests run offline, so they answer jsDelivr's /npm/ URLs from the same npm package (fetched once
+with `npm pack` into ~/.cache/anibook/npm, or $ANIBOOK_NPM_MIRROR) and block every other external
+request. Missing pieces skip the tests locally and fail them on CI (env CI set).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import mimetypes
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+from anibook_utils.colab import REPOSITORY_BRANCH
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("ANIBOOK_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+JSDELIVR_NPM = re.compile(
+    r"https://cdn\.jsdelivr\.net/npm/(?P<name>(?:@[^/@]+/)?[^/@]+)@(?P<version>[^/]+)/(?P<path>[^?#]+)"
+)
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.notebook
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files
+
+
+TOC = toc_files()
+NOTEBOOKS = [entry for entry in TOC if (ROOT / f"{entry}.ipynb").is_file()]
+
+
+def expected_figures(entry: str) -> int:
+    """Figures the chapter draws: its code cells that call plt.show() (each has a caption)."""
+    path = ROOT / f"{entry}.ipynb"
+    if not path.is_file():
+        return 0
+    cells = json.loads(path.read_text())["cells"]
+    return sum(c["cell_type"] == "code" and "plt.show()" in "".join(c["source"]) for c in cells)
+
+
+def missing(reason: str) -> None:
+    """Skip locally, fail on CI: CI must run the browser tests."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: the browser tests must run there)")
+    pytest.skip(reason)
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    base = Path(os.environ.get("ANIBOOK_ARTIFACTS_DIR") or ROOT / "_build")
+    folder = base / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class NpmMirror:
+    """The files jsDelivr serves under /npm/NAME@VERSION/, taken from the npm package itself."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.failures: dict[str, str] = {}
+
+    def package(self, name: str, version: str) -> Path | None:
+        spec = f"{name}@{version}"
+        target = self.folder / spec.replace("/", "+")
+        if target.is_dir() or spec in self.failures:
+            return target if target.is_dir() else None
+        npm = shutil.which("npm")
+        if npm is None:
+            self.failures[spec] = "npm is not installed"
+            return None
+        with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
+            packed = subprocess.run([npm, "pack", spec, "--json", "--pack-destination", tmp],
+                                    capture_output=True, text=True, timeout=300)
+            if packed.returncode != 0:
+                self.failures[spec] = f"npm pack {spec} failed: {packed.stderr[-500:]}"
+                return None
+            tarball = Path(tmp) / json.loads(packed.stdout)[0]["filename"]
+            with tarfile.open(tarball) as archive:
+                archive.extractall(Path(tmp) / "unpacked", filter="data")
+            try:
+                (Path(tmp) / "unpacked").rename(target)
+            except OSError:
+                if not target.is_dir():  # else another test session unpacked it first
+                    raise
+        return target
+
+    def file(self, url: str) -> tuple[Path | None, str]:
+        """The local copy of a jsDelivr URL, or None and why not."""
+        match = JSDELIVR_NPM.match(url)
+        if not match:
+            return None, "not a jsDelivr /npm/ URL"
+        root = self.package(match["name"], match["version"])
+        if root is None:
+            return None, self.failures[f"{match['name']}@{match['version']}"]
+        root = root.resolve()
+        local = (root / "package" / unquote(match["path"])).resolve()
+        if local.is_relative_to(root) and local.is_file():
+            return local, ""
+        return None, f"the npm package has no {match['path']}"
+
+
+@pytest.fixture(scope="session")
+def npm_mirror() -> NpmMirror:
+    folder = Path(os.environ.get("ANIBOOK_NPM_MIRROR") or Path.home() / ".cache" / "anibook" / "npm")
+    folder.mkdir(parents=True, exist_ok=True)
+    return NpmMirror(folder)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("the playwright package is not installed: pip install playwright")
+    if not CHROMIUM.is_file():
+        missing(f"no Chromium at {CHROMIUM}: run tools/install_browser.sh (or set ANIBOOK_CHROMIUM)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def book_url(quick_book: Path):
+    """Serve the quick book on 127.0.0.1 (search needs http, not file://); yield its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(quick_book))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@dataclass
+class Visit:
+    """A browser tab on the book, with every problem it reported."""
+
+    page: object
+    base: str
+    errors: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+    def open(self, path: str) -> None:
+        self.page.goto(f"{self.base}/{path}", wait_until="load")
+        self.wait_for_mathjax()
+
+    def wait_for_mathjax(self) -> None:
+        """Wait until MathJax (where the page loads it) has typeset the page."""
+        self.page.evaluate(
+            "() => (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise)"
+            " ? window.MathJax.startup.promise.then(() => true) : false"
+        )
+
+    def entry(self) -> str:
+        """The TOC entry of the page shown now (e.g. 'book/01_data')."""
+        path = urlsplit(self.page.url).path
+        return path.lstrip("/").removesuffix(".html")
+
+    def problems(self) -> list[str]:
+        blocked = [f"blocked external request (the tests run offline and serve only jsDelivr's /npm/"
+                   f" files, from npm): {url}" for url in self.blocked]
+        return self.errors + blocked
+
+
+@pytest.fixture
+def visit(browser, book_url: str, npm_mirror: NpmMirror):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = Visit(context.new_page(), book_url)
+
+    def route(route):
+        url = route.request.url
+        if url.startswith(book_url):
+            return route.continue_()
+        local, why = npm_mirror.file(url)
+        if local is not None:
+            kind = mimetypes.guess_type(local.name)[0] or "application/octet-stream"
+            return route.fulfill(path=str(local), content_type=kind)
+        tab.blocked.append(f"{url} ({why})")
+        return route.abort()
+
+    def console(message):
+        # Chromium asks for /favicon.ico by itself; the book has none, which is no page error.
+        if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+            tab.errors.append(f"console error: {message.text} ({message.location.get('url')})")
+
+    def response(resp):
+        if resp.status >= 400 and resp.url.startswith(book_url) and not resp.url.endswith("/favicon.ico"):
+            tab.errors.append(f"HTTP {resp.status}: {resp.url}")
+
+    context.route("**/*", route)
+    tab.page.on("console", console)
+    tab.page.on("pageerror", lambda exc: tab.errors.append(f"uncaught exception: {exc}"))
+    tab.page.on("response", response)
+    yield tab
+    context.close()
+
+
+def shot(tab: Visit, screenshots: Path, name: str, full_page: bool = True) -> None:
+    tab.page.screenshot(path=str(screenshots / f"{name}.png"), full_page=full_page)
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", TOC)
+def test_page_loads_without_errors(visit, screenshots, entry):
+    visit.open(f"{entry}.html")
+    shot(visit, screenshots, entry.replace("/", "_"))
+    assert visit.page.locator("article h1").count() >= 1, f"{entry}: no title"
+    assert len(visit.page.inner_text("article").strip()) > 100, f"{entry}: the page is empty"
+    assert not visit.problems(), f"{entry}:\n" + "\n".join(visit.problems())
+
+
+@pytest.mark.parametrize("entry", TOC)
+def test_figures_are_shown(visit, entry):
+    visit.open(f"{entry}.html")
+    images = visit.page.eval_on_selector_all(
+        "article img",
+        "imgs => imgs.map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0,"
+        " figure: !!i.closest('figure')}))",
+    )
+    broken = [i["src"] for i in images if not i["ok"]]
+    assert not broken, f"{entry}: images that did not load: {broken}"
+    figures = sum(i["figure"] for i in images)
+    wanted = expected_figures(entry)
+    assert figures >= wanted, f"{entry}: the notebook draws {wanted} figures, the page shows {figures}"
+
+
+def test_next_and_previous_links_walk_the_toc(visit):
+    visit.page.goto(f"{visit.base}/")  # index.html redirects to the root page
+    visit.page.wait_for_url(f"**/{TOC[0]}.html")
+    visit.page.wait_for_load_state("load")
+    walked = [visit.entry()]
+    while visit.page.locator("a.right-next").count():
+        with visit.page.expect_navigation(wait_until="load"):
+            visit.page.click("a.right-next")
+        walked.append(visit.entry())
+        assert len(walked) <= len(TOC), f"the next links go past the end of the TOC: {walked}"
+    assert walked == TOC
+    back = [visit.entry()]
+    while visit.page.locator("a.left-prev").count():
+        with visit.page.expect_navigation(wait_until="load"):
+            visit.page.click("a.left-prev")
+        back.append(visit.entry())
+        assert len(back) <= len(TOC), f"the previous links go past the start of the TOC: {back}"
+    assert back == TOC[::-1]
+    assert not visit.problems(), "\n".join(visit.problems())
+
+
+@pytest.mark.parametrize("entry", TOC)
+def test_sidebar_lists_every_page(visit, entry):
+    visit.open(f"{entry}.html")
+    sidebar = visit.page.locator("nav.bd-docs-nav")
+    assert sidebar.is_visible(), f"{entry}: no sidebar"
+    links = sidebar.locator("a").evaluate_all("as => as.map(a => a.href.split('#')[0])")
+    listed = [urlsplit(link).path.lstrip("/").removesuffix(".html") for link in links]
+    assert listed == TOC, f"{entry}: the sidebar lists {listed}"
+    target = TOC[-1] if entry != TOC[-1] else TOC[0]
+    sidebar.locator("a").nth(TOC.index(target)).click()
+    visit.page.wait_for_url(f"**/{target}.html")
+
+
+def test_search_finds_methane(visit, screenshots):
+    visit.open("search.html?q=methane")
+    results = visit.page.locator("#search-results ul.search li")
+    results.first.wait_for()
+    visit.page.wait_for_function(
+        "() => /Search finished/.test(document.querySelector('#search-results').innerText)"
+    )
+    shot(visit, screenshots, "search_methane")
+    hrefs = results.locator("a").evaluate_all("as => as.map(a => a.href)")
+    found = {urlsplit(h).path.lstrip("/").removesuffix(".html") for h in hrefs}
+    assert found and found <= set(TOC), f"search results outside the TOC: {found}"
+    assert TOC[0] in found, f"the root page mentions methane but is not found: {found}"
+    assert not visit.problems(), "\n".join(visit.problems())
+
+
+def test_search_box_on_a_page(visit):
+    """Typing into the page's search box (Ctrl+K) leads to the results page."""
+    visit.open(f"{TOC[-1]}.html")
+    visit.page.keyboard.press("Control+k")
+    box = visit.page.locator("#pst-search-dialog input[type=search]")
+    box.wait_for(state="visible")
+    box.fill("ammonia")
+    box.press("Enter")
+    visit.page.wait_for_url("**/search.html?q=ammonia*")
+    visit.page.locator("#search-results ul.search li").first.wait_for()
+
+
+@pytest.mark.parametrize("entry", NOTEBOOKS)
+def test_colab_launch_button(visit, screenshots, entry):
+    visit.open(f"{entry}.html")
+    visit.page.click(".dropdown-launch-buttons button")
+    colab = visit.page.locator(".dropdown-launch-buttons a[href*='colab.research.google.com']")
+    colab.wait_for(state="visible")
+    shot(visit, screenshots, f"launch_{entry.replace('/', '_')}", full_page=False)
+    assert colab.get_attribute("href").endswith(f"/blob/{REPOSITORY_BRANCH}/{entry}.ipynb")
+    assert "Colab" in colab.inner_text()
+
+
+def pages_with_math(quick_book: Path) -> list[str]:
+    return [e for e in TOC if 'class="math' in (quick_book / f"{e}.html").read_text()]
+
+
+def test_equations_render(visit, quick_book):
+    math_pages = pages_with_math(quick_book)
+    if not math_pages:
+        pytest.skip("no page in _toc.yml has equations yet")
+    for entry in math_pages:
+        visit.open(f"{entry}.html")
+        version = visit.page.evaluate("() => window.MathJax && window.MathJax.version")
+        assert str(version).startswith("3"), f"{entry}: MathJax 3 did not load ({version!r})"
+        counts = visit.page.evaluate(
+            "() => ({math: document.querySelectorAll('article .math').length,"
+            " typeset: document.querySelectorAll('article .math mjx-container').length,"
+            " errors: [...document.querySelectorAll('mjx-merror')].map(e => e.getAttribute('data-mjx-error'))})"
+        )
+        assert counts["math"] > 0
+        assert counts["typeset"] >= counts["math"], f"{entry}: untypeset equations {counts}"
+        assert not counts["errors"], f"{entry}: TeX errors {counts['errors']}"
+    assert not visit.problems(), "\n".join(visit.problems())
