@@ -36,7 +36,7 @@ def real_data():
     from anibook_utils.data import DataFileNotFoundError, load_dataset
 
     try:
-        return load_dataset(download=False)
+        return load_dataset(download=False, fallback=False)
     except DataFileNotFoundError as exc:
         if os.environ.get("CI"):
             raise

@@ -17,6 +17,7 @@ from anibook_utils.data import (
     ChecksumMismatchError,
     DataFileNotFoundError,
     EmptySelectionError,
+    FallbackDataWarning,
     MalformedGroupError,
     NonFiniteValueError,
     NotHDF5Error,
@@ -295,3 +296,41 @@ def test_any_nesting_depth_and_string_species(tmp_path):
     assert len(data) == 5 and data.groups == ["top", "x/y/z/w"]
     assert data.molecule_names == ["H2O", "H2O"]
     assert data.species.tolist()[0] == [ELEMENTS.index("O"), 0, 0]
+
+
+# --- the bundled fallback ------------------------------------------------------------
+
+def _no_ani1(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIBOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ANIBOOK_OFFLINE", "1")
+    monkeypatch.setenv("ANIBOOK_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_fallback_to_bundled_set_says_so(tmp_path, monkeypatch, capsys):
+    _no_ani1(tmp_path, monkeypatch)
+    with pytest.warns(FallbackDataWarning, match="ani_gdb_s01 is not available.*anibook_nms_s01"):
+        data = load_dataset(verbose=True)
+    assert data.name == "anibook_nms_s01"
+    assert data.counts() == {"CH4": 1080, "NH3": 720, "H2O": 360}
+    assert "bundled set, not ani_gdb_s01" in capsys.readouterr().out
+
+
+def test_no_fallback_when_asked(tmp_path, monkeypatch):
+    _no_ani1(tmp_path, monkeypatch)
+    with pytest.raises(DataFileNotFoundError, match="fetch-data"):
+        load_dataset(fallback=False)
+
+
+def test_real_file_is_preferred_and_named(real_data):
+    assert real_data.name == "ani_gdb_s01"
+
+
+def test_corrupt_bundled_file_is_refused(tmp_path, monkeypatch):
+    _no_ani1(tmp_path, monkeypatch)
+    copy = tmp_path / "repo-data"
+    copy.mkdir()
+    bundled = ROOT / "data" / "anibook_nms_s01.h5"
+    (copy / bundled.name).write_bytes(bundled.read_bytes()[:-10] + b"0123456789")
+    monkeypatch.setattr("anibook_utils.data.files.REPO_DATA_DIR", copy)
+    with pytest.raises(ChecksumMismatchError, match="SHA-256.*git checkout -- data/"):
+        load_dataset()

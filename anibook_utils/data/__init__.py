@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,15 +29,15 @@ from .errors import (
     UnknownDatasetError,
     UnsupportedElementError,
 )
-from .files import DATA_DIR_ENV, fetch_dataset, locate_dataset, sha256_of
+from .files import DATA_DIR_ENV, FallbackDataWarning, fetch_dataset, locate_dataset, sha256_of
 from .reader import read_ani_h5
-from .registry import DATASETS, DEFAULT_DATASET, DatasetInfo, dataset_info
+from .registry import DATASETS, DEFAULT_DATASET, FALLBACK_DATASET, DatasetInfo, dataset_info
 from .split import split_dataset, split_indices
 
 __all__ = [
     "ANIData", "Batch", "DATASETS", "DATA_DIR_ENV", "DEFAULT_DATASET", "DatasetInfo", "ELEMENTS",
     "PADDING", "ChecksumMismatchError", "DataError", "DataFileNotFoundError", "DownloadError",
-    "EmptySelectionError", "MalformedGroupError", "NonFiniteValueError", "NotHDF5Error",
+    "EmptySelectionError", "FALLBACK_DATASET", "FallbackDataWarning", "MalformedGroupError", "NonFiniteValueError", "NotHDF5Error",
     "UnknownDatasetError", "UnsupportedElementError", "dataset_info", "fetch_dataset", "formula",
     "iterate_batches", "load_dataset", "locate_dataset", "read_ani_h5", "sha256_of",
     "split_dataset", "split_indices",
@@ -51,10 +52,18 @@ def load_dataset(
     download: bool | None = None,
     use_cache: bool = True,
     verbose: bool = False,
+    fallback: bool = True,
 ) -> ANIData:
-    """Locate (see :func:`locate_dataset`), verify and read a data set, through the cache."""
-    file = locate_dataset(name, path=path, download=download)
+    """Locate (see :func:`locate_dataset`), verify and read a data set, through the cache.
+
+    By default ANI-1 that can be neither found nor downloaded is replaced by the bundled
+    data set (with a :class:`FallbackDataWarning`); ``fallback=False`` raises instead.
+    ``verbose`` prints which data set is used, from where.
+    """
+    file = locate_dataset(name, path=path, download=download, fallback=fallback)
     digest = sha256_of(file)
+    used = next((n for n, i in DATASETS.items() if i.sha256 == digest), None)
+    label = used or (name if path is None else Path(file).stem)
 
     def build() -> dict[str, np.ndarray]:
         data = read_ani_h5(file)
@@ -70,8 +79,11 @@ def load_dataset(
         groups=[str(s) for s in arrays["groups"]],
         source=str(file),
         source_sha256=digest,
+        name=label,
     )
     if verbose:
-        print(f"Data set: {name if path is None else file.name} ({len(data):,} conformations) "
-              f"from {file}")
+        note = ""
+        if used == FALLBACK_DATASET and name != FALLBACK_DATASET:
+            note = f" — ANI-1 was not available, so this is the book's own bundled set, not {name}"
+        print(f"Data set: {label} ({len(data):,} conformations) from {file}{note}")
     return data

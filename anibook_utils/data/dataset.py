@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -47,7 +47,7 @@ class ANIData:
     groups: list[str]
     source: str = ""
     source_sha256: str = ""
-    extra: dict = field(default_factory=dict)
+    name: str = ""
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
@@ -76,6 +76,7 @@ class ANIData:
             groups=self.groups,
             source=self.source,
             source_sha256=self.source_sha256,
+            name=self.name,
         )
 
     def select_molecules(self, names: Sequence[str]) -> "ANIData":
@@ -108,5 +109,5 @@ class ANIData:
         return ANIData(
             self.species.to(device), self.coordinates.to(device), self.energies.to(device),
             self.molecule_ids.to(device), self.molecule_names, self.groups, self.source,
-            self.source_sha256,
+            self.source_sha256, self.name,
         )

@@ -14,13 +14,14 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
 from .errors import ChecksumMismatchError, DataFileNotFoundError, DownloadError
-from .registry import DEFAULT_DATASET, DatasetInfo, dataset_info
+from .registry import DEFAULT_DATASET, FALLBACK_DATASET, DatasetInfo, dataset_info
 
 DATA_DIR_ENV = "ANIBOOK_DATA_DIR"
 OFFLINE_ENV = "ANIBOOK_OFFLINE"
@@ -42,11 +43,13 @@ def verify_checksum(path: str | os.PathLike, info: DatasetInfo) -> None:
     """Raise :class:`ChecksumMismatchError` unless ``path`` has the registry's SHA-256."""
     actual = sha256_of(path)
     if actual != info.sha256:
+        fix = ("restore the repository's copy with `git checkout -- data/`" if info.bundled else
+               f"delete it and run `python -m anibook_utils fetch-data --name {info.name}` to "
+               "download a fresh copy")
         raise ChecksumMismatchError(
             f"{path} is not the expected {info.filename}: its SHA-256 is {actual}, "
             f"the registry expects {info.sha256}. The file is corrupt, truncated or a "
-            f"different version: delete it and run `python -m anibook_utils fetch-data "
-            f"--name {info.name}` to download a fresh copy."
+            f"different version: {fix}."
         )
 
 
@@ -66,17 +69,35 @@ def download_dir() -> Path:
     return REPO_DATA_DIR
 
 
+class FallbackDataWarning(UserWarning):
+    """ANI-1 could not be found or downloaded: the bundled data set is used instead."""
+
+
 def locate_dataset(
     name: str = DEFAULT_DATASET,
     path: str | os.PathLike | None = None,
     download: bool | None = None,
+    fallback: bool = False,
 ) -> Path:
     """Return the path of a verified copy of data set ``name``.
 
     ``path`` (a file) wins when given and is read as it is. Otherwise the search
     directories are tried, and as a last resort the file is downloaded, unless
-    ``download`` is False or ``ANIBOOK_OFFLINE=1``.
+    ``download`` is False or ``ANIBOOK_OFFLINE=1``. With ``fallback=True``, a default data
+    set that cannot be had this way is replaced by the bundled :data:`FALLBACK_DATASET`,
+    with a :class:`FallbackDataWarning` that says why.
     """
+    if fallback and path is None and name == DEFAULT_DATASET:
+        try:
+            return locate_dataset(name, download=download)
+        except (DataFileNotFoundError, DownloadError) as exc:
+            bundled = locate_dataset(FALLBACK_DATASET, download=False)
+            warnings.warn(
+                f"{name} is not available ({exc}) Using the data set that ships with the book "
+                f"instead: {FALLBACK_DATASET} ({bundled}). Numbers will differ from the ANI-1 ones.",
+                FallbackDataWarning, stacklevel=2,
+            )
+            return bundled
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
@@ -87,6 +108,15 @@ def locate_dataset(
             )
         return path
     info = dataset_info(name)
+    if info.bundled:
+        candidate = REPO_DATA_DIR / info.filename
+        if not candidate.is_file():
+            raise DataFileNotFoundError(
+                f"{info.filename} ships with the book's repository but is missing from {REPO_DATA_DIR}: "
+                "restore it with `git checkout -- data/`."
+            )
+        verify_checksum(candidate, info)
+        return candidate
     for folder in candidate_dirs():
         candidate = folder / info.filename
         if candidate.is_file():

@@ -31,6 +31,7 @@ class DatasetInfo:
     doi: str
     licence: str
     citation: str
+    bundled: bool = False
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -47,9 +48,26 @@ DATASETS: dict[str, DatasetInfo] = {
         licence="CC BY 4.0",
         citation=ANI1_CITATION,
     ),
+    "anibook_nms_s01": DatasetInfo(
+        name="anibook_nms_s01",
+        filename="anibook_nms_s01.h5",
+        sha256="9d5116c084b1e03d705e3146c8b203e7dae06455c0d485f1b6cfc3c0b57a810b",
+        size=151_501,
+        conformations=2_160,
+        description="CH4, NH3, H2O by normal-mode sampling, relabelled with PySCF at wB97x/6-31G(d) "
+                    "(chapter 8); ships with the book, used when ANI-1 cannot be had",
+        source_url="",
+        archive_member=None,
+        doi="",
+        licence="CC BY 4.0",
+        citation="The ANI Book, chapter 8 (generated with `python -m anibook_utils reference generate`)",
+        bundled=True,
+    ),
 }
 
 DEFAULT_DATASET = "ani_gdb_s01"
+FALLBACK_DATASET = "anibook_nms_s01"
+"""Used in place of :data:`DEFAULT_DATASET` when ANI-1 is neither on disk nor downloadable."""
 
 
 def dataset_info(name: str) -> DatasetInfo:
