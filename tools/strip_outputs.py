@@ -15,15 +15,16 @@ MARKER = "NBVAL_CHECK_OUTPUT"
 def strip(path: str) -> None:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
         cell.metadata.pop("execution", None)
         cell.metadata.pop("papermill", None)
+        if cell.cell_type != "code":
+            continue
         if MARKER in cell.source:
             continue
         cell.outputs = []
         cell.execution_count = None
     nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)  # saved widget state: hundreds of KB, meaningless without a kernel
     nbformat.write(nb, path)
 
 
