@@ -49,6 +49,7 @@ def test_chapter_opening_cells(path):
 @pytest.mark.parametrize("path", chapters(), ids=lambda p: p.stem)
 def test_outputs_stripped_except_checked_cells(path):
     nb = json.loads(path.read_text())
+    assert "widgets" not in nb["metadata"], f"{path.name}: saved widget state (run tools/strip_outputs.py)"
     for cell in nb["cells"]:
         if cell["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" not in "".join(cell["source"]):
             assert not cell["outputs"], f"{path.name}: committed output in {''.join(cell['source'])[:60]!r}"
