@@ -6,6 +6,10 @@ Each module belongs to the chapter that introduces it:
 - ``anibook_utils.viewer``: 3D views of conformations (chapter 1)
 - ``anibook_utils.self_energy``: fitting and subtracting per-element self energies (chapter 2)
 - ``anibook_utils.aev``: the course's AEV constants, AEVs from scratch and cached torchani AEVs (chapter 3)
+- ``anibook_utils.models``: the masked ANI model and architecture specs (chapter 4)
+- ``anibook_utils.training``, ``checkpoints``, ``potential``: the training engine, checkpoints, trained potentials (chapter 4)
+- ``anibook_utils.widgets``: the interactive retraining panel (chapter 7)
+- ``anibook_utils.colab``: the setup cell that opens every chapter (chapter 7)
 - ``anibook_utils.notebook``: quick mode and metric records for the chapters (every chapter)
 """
 

@@ -1,0 +1,175 @@
+"""A trained model as a potential: energies and forces for new coordinates (chapter 4).
+
+:class:`ANIPotential` chains the AEV computer, a :class:`~anibook_utils.models.MaskedANIModel`
+and the per-element self energies, so it maps species and coordinates (Å) to total
+energies in Hartree and, by automatic differentiation through the AEV computer, forces in
+Hartree/Å. :func:`save_potential` writes it (architecture, weights, self energies, AEV
+constants) to one file; :func:`load_potential` rebuilds it, also from a training
+checkpoint (``best.pt`` / ``latest.pt``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .aev import COURSE_AEV_CONSTANTS, aev_length
+from .checkpoints import CHECKPOINT_FORMAT, atomic_save, load_file
+from .data import ELEMENTS
+from .models import ArchitectureSpec, MaskedANIModel, build_model
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="The extensions")
+    from torchani.aev import AEVComputer
+
+__all__ = ["POTENTIAL_FORMAT", "ANIPotential", "aev_computer_from_constants", "load_potential",
+           "save_potential", "species_tensor"]
+
+POTENTIAL_FORMAT = "anibook-potential"
+
+
+def aev_computer_from_constants(constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS) -> AEVComputer:
+    """torchani's ``AEVComputer.from_constants`` for constants in the form of ``COURSE_AEV_CONSTANTS``."""
+    aev_length(constants)  # validates the keys
+    return AEVComputer.from_constants(
+        radial_cutoff=float(constants["Rcr"]), angular_cutoff=float(constants["Rca"]),
+        radial_eta=float(constants["EtaR"]), radial_shifts=list(constants["ShfR"]),
+        angular_eta=float(constants["EtaA"]), angular_zeta=float(constants["Zeta"]),
+        angular_shifts=list(constants["ShfA"]), sections=list(constants["ShfZ"]),
+        num_species=int(constants["num_species"]),
+    )
+
+
+def species_tensor(species: Tensor | Sequence[str] | Sequence[int]) -> Tensor:
+    """Element indices as an int64 tensor; symbols such as ``["O", "H", "H"]`` are converted."""
+    if isinstance(species, Tensor):
+        return species.long()
+    items = list(species)
+    if items and isinstance(items[0], (list, tuple)):
+        return torch.stack([species_tensor(row) for row in items])
+    if items and all(isinstance(s, str) for s in items):
+        unknown = [s for s in items if s not in ELEMENTS]
+        if unknown:
+            raise ValueError(f"Unknown element symbol(s) {unknown}: the potential knows {ELEMENTS}.")
+        return torch.tensor([ELEMENTS.index(s) for s in items], dtype=torch.long)
+    return torch.as_tensor(items, dtype=torch.long)
+
+
+class ANIPotential(torch.nn.Module):
+    """Species + coordinates (Å) → total energy (Hartree) and forces (Hartree/Å).
+
+    ``energies`` = model(AEVs) + the sum of the atoms' self energies, returned in float64
+    (the self energies are kept in float64 because they are large: about -38 Hartree per
+    carbon). ``species`` are element indices (``-1`` padding) or symbols; a single molecule
+    may be given without the batch axis.
+    """
+
+    def __init__(self, model: MaskedANIModel, self_energies: Sequence[float] | Tensor,
+                 aev_constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS) -> None:
+        super().__init__()
+        values = [float(v) for v in torch.as_tensor(self_energies, dtype=torch.float64).tolist()]
+        if len(values) != len(ELEMENTS):
+            raise ValueError(f"Need one self energy per element {ELEMENTS}, got {len(values)}.")
+        if aev_length(aev_constants) != model.aev_dim:
+            raise ValueError(
+                f"The AEV constants give {aev_length(aev_constants)} features but the model expects "
+                f"{model.aev_dim}: pass the constants the model was trained with."
+            )
+        self.aev_constants = dict(aev_constants)
+        self.self_energies = tuple(values)
+        self.aev_computer = aev_computer_from_constants(aev_constants)
+        self.model = model
+        self.eval()
+
+    def _inputs(self, species, coordinates) -> tuple[Tensor, Tensor, bool]:
+        param = next(self.model.parameters())
+        species = species_tensor(species).to(param.device)
+        coordinates = torch.as_tensor(coordinates).to(param.device, param.dtype)
+        single = species.dim() == 1
+        if single:
+            species, coordinates = species.unsqueeze(0), coordinates.unsqueeze(0)
+        if species.dim() != 2 or coordinates.shape != (*species.shape, 3):
+            raise ValueError(
+                f"Expected species (N, A) and coordinates (N, A, 3) (or (A,) and (A, 3) for one "
+                f"molecule); got {tuple(species.shape)} and {tuple(coordinates.shape)}."
+            )
+        return species, coordinates, single
+
+    def _energies(self, species: Tensor, coordinates: Tensor) -> Tensor:
+        aevs = self.aev_computer(species, coordinates)
+        learned = self.model(species, aevs).to(torch.float64)
+        table = torch.tensor((*self.self_energies, 0.0), dtype=torch.float64, device=species.device)
+        shifts = table[species].sum(dim=1)  # index -1 reads the trailing 0.0 (padding)
+        return learned + shifts
+
+    def energies(self, species, coordinates) -> Tensor:
+        """Total energies in Hartree, float64, shape ``(N,)`` (a 0-d tensor for one molecule)."""
+        species, coordinates, single = self._inputs(species, coordinates)
+        energies = self._energies(species, coordinates)
+        return energies[0] if single else energies
+
+    forward = energies
+
+    def energies_and_forces(self, species, coordinates) -> tuple[Tensor, Tensor]:
+        """Energies (Hartree) and forces ``-dE/dx`` (Hartree/Å, the coordinates' shape)."""
+        species, coordinates, single = self._inputs(species, coordinates)
+        coordinates = coordinates.detach().requires_grad_(True)
+        with torch.enable_grad():
+            energies = self._energies(species, coordinates)
+            (gradient,) = torch.autograd.grad(energies.sum(), coordinates)
+        forces = -gradient
+        if single:
+            return energies[0].detach(), forces[0]
+        return energies.detach(), forces
+
+    def forces(self, species, coordinates) -> Tensor:
+        """Forces ``-dE/dx`` in Hartree/Å by autograd through the AEV computer."""
+        return self.energies_and_forces(species, coordinates)[1]
+
+
+def save_potential(path: str | os.PathLike, source: Any, self_energies: Sequence[float] | Tensor | None = None,
+                   aev_constants: Mapping[str, Any] | None = None,
+                   metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a potential to ``path`` (atomically).
+
+    ``source`` is an :class:`ANIPotential`, a training result (anything with ``.potential()``,
+    e.g. :class:`~anibook_utils.training.TrainResult`) or a :class:`MaskedANIModel` together
+    with ``self_energies`` (and ``aev_constants`` if not the course's).
+    """
+    if isinstance(source, ANIPotential):
+        potential = source
+    elif hasattr(source, "potential"):
+        potential = source.potential()
+    elif isinstance(source, MaskedANIModel):
+        if self_energies is None:
+            raise ValueError("Saving a bare model needs its self_energies (Hartree, one per element).")
+        potential = ANIPotential(source, self_energies, aev_constants or COURSE_AEV_CONSTANTS)
+    else:
+        raise TypeError(f"Cannot save a potential from {type(source).__name__}.")
+    payload = {
+        "format": POTENTIAL_FORMAT,
+        "version": 1,
+        "spec": potential.model.spec.to_dict(),
+        "aev_dim": potential.model.aev_dim,
+        "model": {k: v.detach().to("cpu") for k, v in potential.model.state_dict().items()},
+        "self_energies": list(potential.self_energies),
+        "aev_constants": potential.aev_constants,
+        "metadata": dict(metadata or {}),
+    }
+    return atomic_save(payload, path)
+
+
+def load_potential(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ANIPotential:
+    """The :class:`ANIPotential` saved by :func:`save_potential`, or the best model of a checkpoint."""
+    payload = load_file(path, kind=(POTENTIAL_FORMAT, CHECKPOINT_FORMAT), map_location=map_location)
+    state = payload["model"] if payload["format"] == POTENTIAL_FORMAT else (
+        payload["best"]["model"] if payload.get("best") else payload["model"])
+    model = build_model(ArchitectureSpec.from_dict(payload["spec"]), aev_dim=int(payload["aev_dim"]))
+    model.load_state_dict(state)
+    potential = ANIPotential(model, payload["self_energies"], payload["aev_constants"])
+    return potential.to(map_location)
