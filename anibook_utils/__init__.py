@@ -10,6 +10,8 @@ Each module belongs to the chapter that introduces it:
 - ``anibook_utils.training``, ``checkpoints``, ``potential``: the training engine, checkpoints, trained potentials (chapter 4)
 - ``anibook_utils.widgets``: the interactive retraining panel (chapter 7)
 - ``anibook_utils.colab``: the setup cell that opens every chapter (chapter 7)
+- ``anibook_utils.reference``: PySCF labels at the ANI-1 level, data-set generation (chapter 8)
+- ``anibook_utils.sampling``: normal-mode sampling (chapter 8)
 - ``anibook_utils.notebook``: quick mode and metric records for the chapters (every chapter)
 """
 

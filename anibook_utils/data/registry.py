@@ -51,8 +51,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "anibook_nms_s01": DatasetInfo(
         name="anibook_nms_s01",
         filename="anibook_nms_s01.h5",
-        sha256="9d5116c084b1e03d705e3146c8b203e7dae06455c0d485f1b6cfc3c0b57a810b",
-        size=151_501,
+        sha256="0df8df2ef019f47288c55eea545fa4c82ac6aaea6850b36ca72923f01eb706ce",
+        size=150_007,
         conformations=2_160,
         description="CH4, NH3, H2O by normal-mode sampling, relabelled with PySCF at wB97x/6-31G(d) "
                     "(chapter 8); ships with the book, used when ANI-1 cannot be had",
