@@ -8,6 +8,8 @@ Each module belongs to the chapter that introduces it:
 - ``anibook_utils.aev``: the course's AEV constants, AEVs from scratch and cached torchani AEVs (chapter 3)
 - ``anibook_utils.models``: the masked ANI model and architecture specs (chapter 4)
 - ``anibook_utils.training``, ``checkpoints``, ``potential``: the training engine, checkpoints, trained potentials (chapter 4)
+- ``anibook_utils.experiments``: experiment grids over the training engine, their results table (JSON) and learning curves (chapter 5)
+- ``anibook_utils.torchani_example``: the TorchANI example's training recipe and loop (chapter 6)
 - ``anibook_utils.widgets``: the interactive retraining panel (chapter 7)
 - ``anibook_utils.colab``: the setup cell that opens every chapter (chapter 7)
 - ``anibook_utils.reference``: PySCF labels at the ANI-1 level, data-set generation (chapter 8)

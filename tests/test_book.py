@@ -65,6 +65,16 @@ def test_figures_have_captions(path):
             assert caption.strip(), f"{path.name}: figure cell without a caption: {source[:60]!r}"
 
 
+def test_figure_names_are_unique_across_the_book():
+    names: dict[str, str] = {}
+    for path in chapters():
+        for cell in json.loads(path.read_text())["cells"]:
+            name = cell["metadata"].get("mystnb", {}).get("figure", {}).get("name")
+            if name:
+                assert name not in names, f"figure name {name!r} in {path.name} and {names[name]}"
+                names[name] = path.name
+
+
 @pytest.mark.notebook
 def test_quick_book_pages(quick_book):
     """The quick build (warnings are errors) has every page, no tracebacks, and a caption per figure."""

@@ -1,0 +1,1 @@
+"""The ANI Book's benchmark suite: ``python -m benchmarks`` (see ``--help``)."""
