@@ -7,19 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from anibook_utils.colab import SETUP_CELL
+from book_layout import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        files += [chapter["file"] for chapter in part["chapters"]]
-    return files
 
 
 def chapters() -> list[Path]:

@@ -30,9 +30,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-import yaml
 
 from anibook_utils.colab import REPOSITORY_BRANCH
+from book_layout import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("ANIBOOK_CHROMIUM", "/usr/bin/chromium"))
@@ -46,14 +46,6 @@ JSDELIVR_NPM = re.compile(
 TIMEOUT_MS = 30_000
 
 pytestmark = pytest.mark.notebook
-
-
-def toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        files += [chapter["file"] for chapter in part["chapters"]]
-    return files
 
 
 TOC = toc_files()

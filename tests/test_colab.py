@@ -13,18 +13,11 @@ import yaml
 from packaging.requirements import Requirement
 
 from anibook_utils.colab import REPOSITORY_BRANCH, REPOSITORY_URL, SETUP_CELL
+from book_layout import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 COLAB_LINK = re.compile(r'href="(https://colab\.research\.google\.com/github/[^"]+)"')
-
-
-def toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        files += [chapter["file"] for chapter in part["chapters"]]
-    return files
 
 
 def run_setup_cell(monkeypatch: pytest.MonkeyPatch, workdir: Path, *, on_colab: bool) -> list[list[str]]:
