@@ -146,7 +146,7 @@ def report(results: dict) -> str:
                                            ("file_mb", "file MB", ".1f"), ("read_s", "read s", ".3f"),
                                            ("batch_s", "batch s", ".3f"),
                                            ("peak_rss_mb", "peak RSS MB", ".0f"),
-                                           ("data_mb", "MB above imports", ".0f")])]
+                                           ("data_mb", "data MB (resident)", ".0f")])]
     if "size" in results:
         out += ["", "4b. Molecule size (methane replicated, batch 256)",
                 table(results["size"], [("atoms", "atoms", "d"), ("loop", "loop", ""),
