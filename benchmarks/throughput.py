@@ -24,7 +24,7 @@ from anibook_utils.aev import course_aev_computer, precompute_aevs
 from anibook_utils.data import ANIData
 from anibook_utils.models import ArchitectureSpec, build_model
 from anibook_utils.torchani_example import build_example_model, example_optimizers, torchani_example_step
-from anibook_utils.training import fit_self_energies, prepare_buckets
+from anibook_utils.training import element_count_matrix, fit_self_energies, prepare_buckets
 
 Step = Callable[[int, int], None]
 Epoch = Callable[[torch.Tensor], Step]
@@ -39,9 +39,8 @@ def _per_batch(step: Callable[[torch.Tensor], None]) -> Epoch:
 
 
 def _targets(data: ANIData) -> torch.Tensor:
-    self_energies = fit_self_energies(data)
-    counts = torch.stack([(data.species == i).sum(1) for i in range(len(self_energies))], 1)
-    return (data.energies - counts.double() @ self_energies).float()
+    """Energies minus fitted self energies (Hartree, float32), the quantity every loop learns."""
+    return (data.energies - element_count_matrix(data) @ fit_self_energies(data)).float()
 
 
 def engine_step(data: ANIData, spec: ArchitectureSpec) -> tuple[Epoch, torch.nn.Module]:
