@@ -252,10 +252,6 @@ class ElementBuckets:
     def __len__(self) -> int:
         return self.num_conformations
 
-    @property
-    def feature_dim(self) -> int:
-        return int(self.features[0].shape[1])
-
     def to(self, device: str | torch.device) -> "ElementBuckets":
         """A copy on ``device``."""
         return ElementBuckets([f.to(device) for f in self.features], [o.to(device) for o in self.owners],

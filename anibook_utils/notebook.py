@@ -12,13 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-QUICK_ENV = "ANIBOOK_QUICK"
 METRICS_DIR_ENV = "ANIBOOK_METRICS_DIR"
-
-
-def quick_mode() -> bool:
-    """True when ``ANIBOOK_QUICK`` is set to 1 (tests, CI, the quick book build)."""
-    return os.environ.get(QUICK_ENV, "0").strip().lower() in ("1", "true", "yes")
 
 
 def metrics_path(chapter: str) -> Path:
@@ -47,12 +41,6 @@ def record_metrics(chapter: str, **metrics: Any) -> Path:
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     os.replace(tmp, path)
     return path
-
-
-def read_metrics(chapter: str) -> dict[str, Any]:
-    """The metrics a chapter recorded (empty if none)."""
-    path = metrics_path(chapter)
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:

@@ -199,7 +199,6 @@ class TorchANIExample:
         self._shuffler = torch.Generator().manual_seed(seed)
         self.train_batches = self._batches(train_data, shuffle=True)
         self.val_batches = self._batches(val_data, shuffle=False)
-        self._train_eval_batches: list[_Batch] | None = None
         self.model = build_example_model(hidden, seed=seed, device=self.device)
         self.adamw, self.sgd = example_optimizers(self.model.networks, lr, hidden_decays, final_decay)
         self.optimizers = (self.adamw, self.sgd)
@@ -225,10 +224,6 @@ class TorchANIExample:
             batches.append(_Batch(b.species.to(self.device), b.coordinates.to(self.device),
                                   targets[b.indices].to(self.device)))
         return batches
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_data)
 
     @property
     def learning_rate(self) -> float:

@@ -261,24 +261,23 @@ def test_figures_are_shown(visit, entry):
     assert figures >= wanted, f"{entry}: the notebook draws {wanted} figures, the page shows {figures}"
 
 
+def _follow(visit, selector: str) -> list[str]:
+    """The pages reached by clicking ``selector`` (next or previous) until there is none."""
+    walked = [visit.entry()]
+    while visit.page.locator(selector).count():
+        with visit.page.expect_navigation(wait_until="load"):
+            visit.page.click(selector)
+        walked.append(visit.entry())
+        assert len(walked) <= len(TOC), f"{selector} links run past the TOC: {walked}"
+    return walked
+
+
 def test_next_and_previous_links_walk_the_toc(visit):
     visit.page.goto(f"{visit.base}/")  # index.html redirects to the root page
     visit.page.wait_for_url(f"**/{TOC[0]}.html")
     visit.page.wait_for_load_state("load")
-    walked = [visit.entry()]
-    while visit.page.locator("a.right-next").count():
-        with visit.page.expect_navigation(wait_until="load"):
-            visit.page.click("a.right-next")
-        walked.append(visit.entry())
-        assert len(walked) <= len(TOC), f"the next links go past the end of the TOC: {walked}"
-    assert walked == TOC
-    back = [visit.entry()]
-    while visit.page.locator("a.left-prev").count():
-        with visit.page.expect_navigation(wait_until="load"):
-            visit.page.click("a.left-prev")
-        back.append(visit.entry())
-        assert len(back) <= len(TOC), f"the previous links go past the start of the TOC: {back}"
-    assert back == TOC[::-1]
+    assert _follow(visit, "a.right-next") == TOC
+    assert _follow(visit, "a.left-prev") == TOC[::-1]
     assert not visit.problems(), "\n".join(visit.problems())
 
 

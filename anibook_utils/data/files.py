@@ -30,13 +30,24 @@ REPO_DATA_DIR = REPO_ROOT / "data"
 _CHUNK = 1 << 20
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_of(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 hex digest of a file, read in chunks.
+
+    Remembered per (path, size, modification time) within a process, so locating and then
+    loading a file hashes it once; any change to the file gives a new key.
+    """
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def verify_checksum(path: str | os.PathLike, info: DatasetInfo) -> None:
