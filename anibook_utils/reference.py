@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from .data.dataset import ELEMENTS, PADDING, formula
+from .data.files import sha256_of
 from .sampling import MIN_DISTANCE_FACTOR, NormalModes, sample_normal_modes
 
 BOHR = 0.52917721092
@@ -540,6 +541,126 @@ def generate_dataset(
     )
 
 
+FORCE_UNIT = "Hartree/Angstrom"
+FORCE_DEFINITION = "minus the gradient of the energy with respect to the coordinates"
+
+
+def forces_progress_path(path: str | os.PathLike) -> Path:
+    """The sidecar file that holds an unfinished :func:`add_forces` run's progress."""
+    return Path(str(path) + ".forces-progress.h5")
+
+
+def _level_of_file(attrs: Any) -> LevelOfTheory:
+    """The level of theory a generated file's attributes record."""
+    return LevelOfTheory(method=str(attrs["method"]), basis=str(attrs["basis"]), cart=bool(attrs["cart"]),
+                         grid_level=int(attrs["grid_level"]), conv_tol=float(attrs["conv_tol"]))
+
+
+def _conformation_groups(handle: h5py.File) -> list[str]:
+    names: list[str] = []
+    handle.visititems(lambda name, obj: names.append(name)
+                      if isinstance(obj, h5py.Group) and "coordinates" in obj else None)
+    return names
+
+
+@dataclass
+class ForceReport:
+    """What :func:`add_forces` did: conformations labelled, and the largest energy difference
+    between the recomputed and the stored energies (kcal/mol; a consistency check)."""
+
+    path: Path
+    conformations: int
+    computed: int
+    max_energy_difference: float
+    resumed: bool
+
+
+def add_forces(path: str | os.PathLike, checkpoint_every: int = 25, progress: bool = True,
+               energy_tolerance: float = 1e-3) -> ForceReport:
+    """Add reference forces to every conformation of a generated data set (chapter 9).
+
+    Each conformation's single point is recomputed at the level of theory the file's
+    attributes record, with the nuclear gradient; ``forces`` (shape like ``coordinates``,
+    in Hartree/Å, *minus* the gradient) is written beside ``energies`` in every group. The
+    recomputed energy must match the stored one within ``energy_tolerance`` kcal/mol,
+    otherwise nothing is written. Progress is kept in ``<path>.forces-progress.h5`` (every
+    ``checkpoint_every`` single points and on any interruption), so calling again resumes;
+    the file itself is replaced atomically, only when every conformation has forces.
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    sidecar = forces_progress_path(path)
+    with h5py.File(path, "r") as f:
+        level = _level_of_file(f.attrs)
+        groups = _conformation_groups(f)
+        data = {g: (f[g]["species"][()], f[g]["coordinates"][()], f[g]["energies"][()]) for g in groups}
+    source = sha256_of(path)
+    resumed = sidecar.is_file()
+    forces = {g: np.full(xyz.shape, np.nan) for g, (_, xyz, _) in data.items()}
+    done = {g: np.zeros(len(xyz), bool) for g, (_, xyz, _) in data.items()}
+    if resumed:
+        with h5py.File(sidecar, "r") as s:
+            if s.attrs.get("source_sha256") != source:
+                raise GenerationMismatchError(
+                    f"{sidecar} holds forces for another version of {path.name}. Delete it to start over.")
+            for g in groups:
+                forces[g], done[g] = s[g]["forces"][()], s[g]["done"][()]
+
+    def save() -> None:
+        def write(out: h5py.File) -> None:
+            out.attrs["source_sha256"] = source
+            for g in groups:
+                out.create_dataset(f"{g}/forces", data=forces[g])
+                out.create_dataset(f"{g}/done", data=done[g])
+        _write_atomic(sidecar, write)
+
+    worst, computed = 0.0, 0
+    total = sum(len(d) for d in done.values())
+    bar = tqdm(total=total, initial=sum(int(d.sum()) for d in done.values()), desc="forces",
+               disable=not progress)
+    try:
+        for g, (species, xyz, energies) in data.items():
+            for i in np.flatnonzero(~done[g]):
+                point = single_point(species, xyz[i], level, forces=True)
+                difference = abs(point.energy - float(energies[i])) * HARTREE_TO_KCALMOL
+                if difference > energy_tolerance:
+                    raise GenerationMismatchError(
+                        f"{path.name}:{g} conformation {i}: the recomputed energy differs from the stored "
+                        f"one by {difference:.4f} kcal/mol, more than {energy_tolerance}; the file was "
+                        "not made at the level of theory its attributes record.")
+                worst = max(worst, difference)
+                forces[g][i], done[g][i] = point.forces, True
+                computed += 1
+                bar.update(1)
+                if computed % checkpoint_every == 0:
+                    save()
+        bar.close()
+    except BaseException:
+        save()
+        raise
+
+    def write(out: h5py.File) -> None:
+        with h5py.File(path, "r") as src:
+            for key, value in src.attrs.items():
+                out.attrs[key] = value
+            for key in src:
+                src.copy(src[key], out, name=key)
+        out.attrs["force_unit"] = FORCE_UNIT
+        out.attrs["forces"] = FORCE_DEFINITION
+        out.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
+        options = dict(compression="gzip", compression_opts=9, shuffle=True, track_times=False)
+        for g in groups:
+            if "forces" in out[g]:
+                del out[g]["forces"]
+            out[g].create_dataset("forces", data=forces[g].astype(np.float32), **options)
+
+    _write_atomic(path, write)
+    sidecar.unlink(missing_ok=True)
+    return ForceReport(path=path, conformations=total, computed=computed,
+                       max_energy_difference=worst, resumed=resumed)
+
+
 # --------------------------------------------------------------------------------------
 # Command line
 
@@ -605,6 +726,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_forces(args: argparse.Namespace) -> int:
+    report = add_forces(args.file, checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    print(f"Added forces to {report.conformations} conformations of {report.path.name}"
+          f"{' (resumed)' if report.resumed else ''}; {report.computed} single points this run; "
+          f"recomputed energies within {report.max_energy_difference:.2e} kcal/mol of the stored ones")
+    return 0
+
+
 def reference_cli(argv: list[str]) -> int:
     """``python -m anibook_utils reference {generate,check} ...``; returns an exit status."""
     parser = argparse.ArgumentParser(
@@ -628,6 +757,14 @@ def reference_cli(argv: list[str]) -> int:
     gen.add_argument("--quiet", action="store_true")
     _add_level_arguments(gen)
     gen.set_defaults(run=_generate)
+    forces = commands.add_parser(
+        "add-forces", help="add reference forces to a generated data set (resumable)",
+        description="Recompute every conformation with its gradient and add `forces` (Hartree/Å).",
+    )
+    forces.add_argument("file", help="a data set written by `generate`")
+    forces.add_argument("--checkpoint-every", type=int, default=25)
+    forces.add_argument("--quiet", action="store_true")
+    forces.set_defaults(run=_add_forces)
     check = commands.add_parser(
         "check", help="recompute random ANI-1 conformations and compare with the published energies"
     )

@@ -352,8 +352,10 @@ class TrainingPanel:
             controls, self.message, self.curve, heading("Runs in this session"), self.table,
         ])
 
-    def _repr_mimebundle_(self, **kwargs: Any):
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        """Ending a cell with ``panel`` shows it; IPython calls this on ipywidgets 7 and 8 alike
+        (ipywidgets 7 widgets have no ``_repr_mimebundle_``, ipywidgets 8 ones no ``_ipython_display_``)."""
+        self.display()
 
     def display(self) -> None:
         """Show the panel (same as ending a cell with ``panel``)."""

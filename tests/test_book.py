@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from anibook_utils.colab import SETUP_CELL
+from anibook_utils.colab import chapter_setup_cell
 from book_layout import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,8 @@ def test_every_notebook_in_book_is_in_the_toc():
 def test_chapter_opening_cells(path):
     nb = json.loads(path.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert "".join(code[0]["source"]) == SETUP_CELL, "first code cell must be the standard setup cell"
+    assert "".join(code[0]["source"]) == chapter_setup_cell(path.stem), (
+        "first code cell must be the chapter's setup cell (python tools/new_chapter.py --sync book/*.ipynb)")
     parameters = code[1]
     assert "parameters" in parameters["metadata"].get("tags", [])
     assert 'QUICK = os.environ.get("ANIBOOK_QUICK", "0") == "1"' in "".join(parameters["source"])

@@ -7,10 +7,11 @@ Usage: python tools/new_chapter.py book/03_aevs.ipynb "3. Atomic environment vec
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import nbformat
 
-from anibook_utils.colab import SETUP_CELL
+from anibook_utils.colab import chapter_setup_cell
 
 PARAMETERS_CELL = '''import os
 
@@ -25,17 +26,17 @@ def new_chapter(path: str, title: str) -> None:
     nb.metadata["language_info"] = {"name": "python"}
     parameters = nbformat.v4.new_code_cell(PARAMETERS_CELL)
     parameters.metadata["tags"] = ["parameters"]
-    setup = nbformat.v4.new_code_cell(SETUP_CELL)
+    setup = nbformat.v4.new_code_cell(chapter_setup_cell(Path(path).stem))
     setup.metadata["tags"] = ["hide-input"]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), setup, parameters]
     nbformat.write(nb, path)
 
 
 def sync_setup_cell(path: str) -> None:
-    """Make the first code cell of ``path`` the current :data:`SETUP_CELL` (input hidden in the book)."""
+    """Make the first code cell of ``path`` its current setup cell (input hidden in the book)."""
     nb = nbformat.read(path, as_version=4)
     first = next(c for c in nb.cells if c.cell_type == "code")
-    first.source = SETUP_CELL
+    first.source = chapter_setup_cell(Path(path).stem)
     tags = first.metadata.setdefault("tags", [])
     if "hide-input" not in tags:
         tags.append("hide-input")
