@@ -50,6 +50,19 @@ def make_panel(sets, background=True, widths="16", epochs=2, **kwargs) -> Traini
     return panel
 
 
+def displayed(obj) -> dict:
+    """The mime bundle IPython shows for ``obj`` at the end of a cell (ipywidgets 7 and 8 alike)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+    from IPython.utils.capture import capture_output
+
+    InteractiveShell.instance()
+    with capture_output() as captured:
+        display(obj)
+    assert len(captured.outputs) == 1, captured.outputs
+    return captured.outputs[0].data
+
+
 def wait_until(predicate, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -98,8 +111,7 @@ def test_panel_starts_from_the_course_architecture_and_the_fast_recipe(sets):
     assert "No runs yet" in panel.table.value
     assert bytes(panel.curve.value).startswith(PNG_MAGIC)
     assert (panel.train_button.disabled, panel.stop_button.disabled) == (False, True)
-    bundle = panel._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "application/vnd.jupyter.widget-view+json" in displayed(panel)
     assert list(panel.runs_frame().columns) == list(PanelRun.columns())
 
 
