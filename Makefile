@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.anibook-installed
 # torch is pinned here, in the install step, never in pyproject.toml (Colab brings its own).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install book book-quick test test-fast data clean help
+.PHONY: install book book-quick test test-fast data clean help gpu-check
 
 help:
 	@echo "make book   build the HTML book (full mode) into _build/html"
@@ -42,6 +42,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	ANIBOOK_QUICK=1 $(BIN)/python -m pytest -p no:cacheprovider -m "not notebook and not slow" tests
+
+# The CUDA checks (tests marked cuda, chapters 4 and 7 in quick mode, the benchmarks on CUDA), about
+# 5 minutes on a machine with a GPU; results under _build/gpu-check/ (see tools/gpu_check.py).
+gpu-check:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; \
+	else nvidia-smi -L >/dev/null 2>&1; fi || { echo "make gpu-check needs a CUDA GPU, and none is visible here."; exit 1; }
+	@$(MAKE) --no-print-directory install
+	$(BIN)/python tools/gpu_check.py
 
 clean:
 	rm -rf _build .pytest_cache

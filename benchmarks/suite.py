@@ -3,6 +3,13 @@
 Sections: training throughput (a/b/c loops), the machine's matrix-multiply limit, time to
 accuracy, and scaling (loading, molecule size). ``python -m benchmarks`` is the command line;
 the book's appendix calls :func:`run` and :func:`report` directly.
+
+``device="cuda"`` moves the throughput and time-to-accuracy sections to the GPU (only the
+:data:`DEVICE_SECTIONS` can run then); the throughput section also tries the engine's step
+as a CUDA graph and compiled at the smallest batch (:mod:`benchmarks.small_batch`) and says
+which was faster, and the time-to-accuracy section adds the book's recipe at each throughput
+batch size. Without ``device`` (or with ``"cpu"``) the results have the same rows and keys
+as before the option existed.
 """
 
 from __future__ import annotations
@@ -11,10 +18,18 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from anibook_utils.data import ANIData
+    from anibook_utils.models import ArchitectureSpec
+
 SECTIONS = ("throughput", "limit", "accuracy", "loading", "size")
+DEVICE_SECTIONS = ("throughput", "accuracy", "loading")
+"""Sections that can run with a GPU ``device`` (loading does not use it; limit and size measure the CPU)."""
+BATCH_SIZES = (256, 2560)
 
 
 def hardware() -> dict:
@@ -46,7 +61,10 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
             return "not reached" if key.startswith(("wall_s_to", "train_s_to")) else "-"
         return format(value, fmt) if fmt else str(value)
 
-    cells = [[cell(r, k, f) for k, _, f in columns] for r in rows]
+    def shown(row: dict, key: str, fmt: str) -> str:
+        return "error" if row.get("error") and row.get(key) is None else cell(row, key, fmt)
+
+    cells = [[shown(r, k, f) for k, _, f in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
               for i, (_, h, _) in enumerate(columns)]
     lines = ["  ".join(h.rjust(w) for (_, h, _), w in zip(columns, widths)),
@@ -55,33 +73,76 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+def load_split() -> tuple["ANIData", "ANIData", "ANIData"]:
+    """The ANI-1 data and the suite's seeded 80/20 split: ``(data, train, validation)``."""
+    from anibook_utils.data import load_dataset, split_dataset
+
+    data = load_dataset()
+    return (data, *split_dataset(data, 0.8, seed=0))
+
+
+def _start_device(device: torch.device) -> None:
+    """Create the GPU's context now, so no section's timing pays for it."""
+    if device.type == "cuda":
+        torch.zeros(1, device=device).sum().item()
+        torch.cuda.synchronize(device)
+
+
+def _ratios(rows: list[dict], batch_sizes: tuple[int, ...]) -> dict[str, float]:
+    """engine/other throughput ratios, for the loops that ran (not those with an error)."""
+    by = {(r["loop"], r["batch_size"]): r["conformations_per_s"] for r in rows if "error" not in r}
+    ratios = {}
+    for b in batch_sizes:
+        for other in ("torchani", "course", "course_precomputed"):
+            if ("engine", b) in by and (other, b) in by:
+                ratios[f"engine/{other}@{b}"] = by[("engine", b)] / by[(other, b)]
+    return ratios
+
+
+def _throughput(results: dict, train: "ANIData", spec: "ArchitectureSpec", batch_sizes: tuple[int, ...],
+                min_seconds: float, device: torch.device) -> None:
+    """Section 1 into ``results``; on a GPU also the small-batch variants and which step won."""
+    from .throughput import measure_throughput
+
+    rows = measure_throughput(train, batch_sizes, min_seconds=min_seconds, spec=spec, device=device)
+    if device.type == "cuda":
+        from .small_batch import compare, measure_variants
+
+        small = min(batch_sizes)
+        rows += measure_variants(device, small, min_seconds)
+        results["small_batch"] = compare(rows, small)
+    results["ratios"] = _ratios(rows, batch_sizes)
+    results["throughput"] = rows
+
+
 def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, min_seconds: float = 3.0,
-        tta_cap: float = 180.0, torchani_cap: float = 300.0) -> dict:
+        tta_cap: float = 180.0, torchani_cap: float = 300.0, device: str | torch.device | None = None) -> dict:
     """Run the chosen sections and return everything as one dict.
 
     ``quick`` shrinks the scaling sections (fewer sizes, less data); the time caps and
-    ``min_seconds`` (per throughput measurement) are the caller's choice.
+    ``min_seconds`` (per throughput measurement) are the caller's choice. ``device`` runs the
+    throughput and time-to-accuracy sections there (only :data:`DEVICE_SECTIONS` with a GPU);
+    None keeps the original placement: throughput and TorchANI's recipe on the CPU, the
+    book's recipe on the engine's ``device="auto"``.
     """
-    from anibook_utils.data import load_dataset, split_dataset
     from anibook_utils.models import ArchitectureSpec
     from anibook_utils.training import configure_threads
 
+    chosen, device = device, torch.device(device if device is not None else "cpu")
+    if device.type != "cpu" and set(sections) - set(DEVICE_SECTIONS):
+        raise ValueError(f"With device {device} only the sections {DEVICE_SECTIONS} can run "
+                         f"(limit and size measure the CPU); got {sections}.")
     configure_threads(None)
-    data = load_dataset()
-    train, val = split_dataset(data, 0.8, seed=0)
+    data, train, val = load_split()
     results: dict = {"hardware": hardware(), "quick": quick, "date": time.strftime("%Y-%m-%d %H:%M"),
                      "data": {"source": Path(data.source).name, "train": len(train), "validation": len(val)}}
+    if device.type != "cpu":
+        results["device"] = str(device)
+        _start_device(device)
     spec = ArchitectureSpec.course()
-    batch_sizes = (256, 2560)
+    batch_sizes = BATCH_SIZES
     if "throughput" in sections or "limit" in sections:
-        from .throughput import measure_throughput
-        rows = measure_throughput(train, batch_sizes, min_seconds=min_seconds, spec=spec)
-        by = {(r["loop"], r["batch_size"]): r["conformations_per_s"] for r in rows}
-        for b in batch_sizes:
-            by_engine = by[("engine", b)]
-            for other in ("torchani", "course", "course_precomputed"):
-                results.setdefault("ratios", {})[f"engine/{other}@{b}"] = by_engine / by[(other, b)]
-        results["throughput"] = rows
+        _throughput(results, train, spec, batch_sizes, min_seconds, device)
     if "limit" in sections:
         from .flops import batch_atoms, matmul_seconds, training_flops_per_conformation, training_gemms
         hidden = dict(spec.hidden)
@@ -99,10 +160,10 @@ def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, min_seconds: 
         results["flops_per_conformation"] = flops_per_conf
         results["limit"] = limit_rows
     if "accuracy" in sections:
-        from .time_to_accuracy import engine_recipe, torchani_recipe
-        rows = [engine_recipe(train, val, cap_s=tta_cap)]
-        rows.append(torchani_recipe(train, val, cap_s=torchani_cap))
-        if rows[0]["wall_s_to_1.0"] and rows[1]["wall_s_to_1.0"]:
+        from .time_to_accuracy import accuracy_rows
+        rows = accuracy_rows(train, val, tta_cap, torchani_cap, chosen,
+                             extra_batch_sizes=batch_sizes if device.type != "cpu" else ())
+        if rows[0].get("wall_s_to_1.0") and rows[1].get("wall_s_to_1.0"):
             results["speedup_to_1.0"] = rows[1]["wall_s_to_1.0"] / rows[0]["wall_s_to_1.0"]
         results["accuracy"] = rows
     if "loading" in sections:
@@ -115,9 +176,27 @@ def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, min_seconds: 
     return results
 
 
+def _errors(rows: list[dict], name: str) -> list[str]:
+    """One line per row that failed: ``   <name> failed: <error>``."""
+    return [f"   {r[name]}" + (f"@{r['batch_size']}" if "batch_size" in r else "") + f" failed: {r['error']}"
+            for r in rows if r.get("error")]
+
+
+def _small_batch_lines(summary: dict, device: str) -> list[str]:
+    """What the small-batch comparison found, and which step was faster."""
+    rates, speedups = summary["conformations_per_s"], summary["speedup"]
+    parts = [f"{k} {v:,.0f}/s" + (f" ({speedups[k]:.2f}x)" if k in speedups else "") for k, v in rates.items()]
+    parts += [f"{k} failed" for k in summary["errors"]]
+    winner = summary["winner"] or "none (every variant failed)"
+    return [f"   batch {summary['batch_size']} on {device}: " + "; ".join(parts),
+            f"   faster at batch {summary['batch_size']}: {winner}"]
+
+
 def report(results: dict) -> str:
     """The tables, as printed."""
     out = ["Hardware: " + ", ".join(f"{k}={v}" for k, v in results["hardware"].items() if v is not None)]
+    if "device" in results:
+        out.append(f"Device: {results['device']} (throughput and time to accuracy)")
     if "throughput" in results:
         out += ["", "1. Training throughput (forward + backward + Adam step), training set of "
                 f"{results['data']['train']} conformations",
@@ -125,6 +204,9 @@ def report(results: dict) -> str:
                                               ("step_ms", "ms/step", ".1f"),
                                               ("conformations_per_s", "conformations/s", ",.0f")])]
         out += [f"   ratio {k}: {v:.2f}x" for k, v in results["ratios"].items()]
+        out += _errors(results["throughput"], "loop")
+        if "small_batch" in results:
+            out += _small_batch_lines(results["small_batch"], results.get("device", "cpu"))
     if "limit" in results:
         out += ["", f"2. Machine limit: {results['flops_per_conformation'] / 1e6:.2f} MFLOP per conformation "
                 "(forward + backward matrix products of the course's networks)",
@@ -138,6 +220,7 @@ def report(results: dict) -> str:
                                             ("best_val_rmse", "best RMSE", ".3f"),
                                             ("wall_s_to_1.0", "s to 1.0", ".1f"),
                                             ("wall_s_to_0.3", "s to 0.3", ".1f"), ("cap_s", "cap s", ".0f")])]
+        out += _errors(results["accuracy"], "recipe")
         if "speedup_to_1.0" in results:
             out.append(f"   the book's recipe reaches 1.0 kcal/mol {results['speedup_to_1.0']:.1f}x sooner")
     if "loading" in results:

@@ -2,14 +2,20 @@
 
 Both recipes train on the seeded 80/20 split of ani_gdb_s01 and are capped in time; a
 threshold not reached within the cap is reported as such (None), never extrapolated.
+Both take a ``device``; the training engine and the example synchronise a GPU whenever
+they read a metric, so their epoch times include the queued kernels.
 """
 
 from __future__ import annotations
 
 import time
 
+import torch
+
 from anibook_utils.data import ANIData
 from anibook_utils.training import TrainConfig, train
+
+from .throughput import describe_error
 
 THRESHOLDS = (1.0, 0.3)
 
@@ -23,25 +29,38 @@ def _crossings(times: list[float], rmses: list[float], setup: float) -> dict:
     return out
 
 
+ENGINE_RECIPE = "book default (TrainConfig.fast)"
+
+
 def engine_recipe(train_data: ANIData, val_data: ANIData, cap_s: float = 180.0,
-                  config: TrainConfig | None = None) -> dict:
-    """The book's default recipe (``TrainConfig.fast()``), stopped at 0.3 kcal/mol or the cap."""
+                  config: TrainConfig | None = None, device: str | torch.device | None = None,
+                  recipe: str = ENGINE_RECIPE) -> dict:
+    """The book's default recipe (``TrainConfig.fast()``), stopped at 0.3 kcal/mol or the cap.
+
+    ``device`` (None: the config's, ``"auto"`` by default) is where the engine trains.
+    """
     config = (config or TrainConfig.fast()).replace(target_val_rmse=min(THRESHOLDS), max_time=cap_s)
+    if device is not None:
+        config = config.replace(device=str(device))
     result = train(None, train_data, val_data, config, progress=False)
     times = result.history.column("time")
     rmses = result.history.column("val_rmse")
-    return {"recipe": "book default (TrainConfig.fast)", "epochs": len(result.history),
+    return {"recipe": recipe, "epochs": len(result.history),
             "best_val_rmse": result.best_val_rmse, "setup_s": result.setup_time,
             "train_s": result.train_time, "cap_s": cap_s,
             **_crossings(times, rmses, result.setup_time)}
 
 
-def torchani_recipe(train_data: ANIData, val_data: ANIData, cap_s: float = 300.0) -> dict:
+TORCHANI_RECIPE = "TorchANI example (batch 2560, AdamW+SGD, plateau)"
+
+
+def torchani_recipe(train_data: ANIData, val_data: ANIData, cap_s: float = 300.0,
+                    device: str | torch.device = "cpu") -> dict:
     """TorchANI's example recipe (batch 2560, AdamW + SGD, ReduceLROnPlateau), capped at ``cap_s``."""
     from anibook_utils.torchani_example import TorchANIExample
 
     started = time.perf_counter()
-    example = TorchANIExample(train_data, val_data)
+    example = TorchANIExample(train_data, val_data, device=device)
     setup = time.perf_counter() - started
 
     class _Reached(Exception):
@@ -58,6 +77,34 @@ def torchani_recipe(train_data: ANIData, val_data: ANIData, cap_s: float = 300.0
         pass
     times = example.history.column("time")
     rmses = example.history.column("val_rmse")
-    return {"recipe": "TorchANI example (batch 2560, AdamW+SGD, plateau)", "epochs": len(times),
+    return {"recipe": TORCHANI_RECIPE, "epochs": len(times),
             "best_val_rmse": min(rmses) if rmses else None, "setup_s": setup, "train_s": example.elapsed,
             "cap_s": cap_s, **_crossings(times, rmses, setup)}
+
+
+def accuracy_rows(train_data: ANIData, val_data: ANIData, cap_s: float, torchani_cap_s: float,
+                  device: str | torch.device | None = None, extra_batch_sizes: tuple[int, ...] = ()) -> list[dict]:
+    """The section's rows: the book's recipe, TorchANI's, then the book's recipe at each of
+    ``extra_batch_sizes`` (learning-rate schedule unchanged).
+
+    ``device`` None keeps the suite's original placement (the engine's ``"auto"``, the example
+    on the CPU). On a GPU a failing recipe becomes its row's ``error``; elsewhere it raises.
+    """
+    where = torch.device(device) if device is not None else torch.device("cpu")
+    jobs = [(ENGINE_RECIPE, lambda: engine_recipe(train_data, val_data, cap_s=cap_s, device=device)),
+            (TORCHANI_RECIPE, lambda: torchani_recipe(train_data, val_data, cap_s=torchani_cap_s, device=where))]
+    for b in extra_batch_sizes:
+        name = f"{ENGINE_RECIPE}, batch {b}"
+        jobs.append((name, lambda b=b, name=name: {
+            **engine_recipe(train_data, val_data, cap_s=cap_s, config=TrainConfig.fast(batch_size=b),
+                            device=where, recipe=name), "batch_size": b}))
+    rows = []
+    for name, job in jobs:
+        if where.type == "cpu":
+            rows.append(job())
+            continue
+        try:
+            rows.append(job())
+        except Exception as exc:  # recorded: the suite goes on
+            rows.append({"recipe": name, "cap_s": cap_s, "error": describe_error(exc)})
+    return rows
