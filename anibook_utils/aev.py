@@ -5,7 +5,7 @@ change when the molecule is rotated, translated or its atoms renumbered: ANI's v
 the Behler-Parrinello symmetry functions. This module holds
 
 - :data:`COURSE_AEV_CONSTANTS`, the one place every chapter takes its AEV constants from,
-  and :func:`course_aev_computer`, torchani's ``AEVComputer`` built from them;
+  and :func:`aev_computer`, torchani's ``AEVComputer`` built from them (or from other constants);
 - a readable, vectorised from-scratch implementation (:func:`cosine_cutoff`,
   :func:`radial_terms`, :func:`angular_terms`, :func:`compute_aevs`) that reproduces
   torchani 2.9 to float32 precision, including its conventions (the 0.25 factor of the
@@ -22,23 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-with warnings.catch_warnings():  # torchani warns that its optional CUDA extensions are absent
-    warnings.filterwarnings("ignore", message="The extensions")
-    from torchani.aev import AEVComputer
-
 from .cache import cache_key, cached_arrays
-from .data.dataset import ELEMENTS, ANIData
+from .data import ELEMENTS, ANIData
+from .torchani_shim import AEVComputer
 
 __all__ = [
-    "AEV_LENGTH", "COURSE_AEV_CONSTANTS", "aev_length", "angular_terms", "compute_aevs",
-    "cosine_cutoff", "course_aev_computer", "feature_blocks", "precompute_aevs",
+    "AEV_LENGTH", "COURSE_AEV_CONSTANTS", "aev_computer", "aev_length", "angular_terms", "compute_aevs",
+    "cosine_cutoff", "feature_blocks", "precompute_aevs",
     "radial_terms", "species_pair_index",
 ]
 
@@ -87,19 +83,20 @@ AEV_LENGTH = aev_length()
 """384 for the course's constants: 4 x 16 radial + 10 x 4 x 8 angular."""
 
 
-def course_aev_computer(device: str | torch.device | None = None) -> AEVComputer:
-    """torchani's ``AEVComputer.from_constants`` with :data:`COURSE_AEV_CONSTANTS`."""
-    c = COURSE_AEV_CONSTANTS
+def aev_computer(constants: Mapping = COURSE_AEV_CONSTANTS, device: str | torch.device | None = None) -> AEVComputer:
+    """torchani's ``AEVComputer.from_constants`` for constants in the form of
+    :data:`COURSE_AEV_CONSTANTS` (the course's by default), optionally moved to ``device``."""
+    _check_constants(constants)
     computer = AEVComputer.from_constants(
-        radial_cutoff=c["Rcr"],
-        angular_cutoff=c["Rca"],
-        radial_eta=c["EtaR"],
-        radial_shifts=list(c["ShfR"]),
-        angular_eta=c["EtaA"],
-        angular_zeta=c["Zeta"],
-        angular_shifts=list(c["ShfA"]),
-        sections=list(c["ShfZ"]),
-        num_species=int(c["num_species"]),
+        radial_cutoff=float(constants["Rcr"]),
+        angular_cutoff=float(constants["Rca"]),
+        radial_eta=float(constants["EtaR"]),
+        radial_shifts=list(constants["ShfR"]),
+        angular_eta=float(constants["EtaA"]),
+        angular_zeta=float(constants["Zeta"]),
+        angular_shifts=list(constants["ShfA"]),
+        sections=list(constants["ShfZ"]),
+        num_species=int(constants["num_species"]),
     )
     return computer.to(device) if device is not None else computer
 
@@ -259,20 +256,16 @@ def precompute_aevs(
 ) -> Tensor:
     """torchani AEVs of every conformation of ``data``, ``(N, A, L)`` float32 on the CPU.
 
-    Computed in batches without gradients and cached on disk, keyed by the data file's
-    hash, the exact species and coordinates, and the computer's constants: reusable only
+    Computed in batches without gradients and cached on disk, keyed by the data's
+    :meth:`~anibook_utils.data.ANIData.fingerprint` and the computer's constants: reusable only
     while the coordinates stay fixed (energy-only training, evaluation), never for forces.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
-    computer = computer if computer is not None else course_aev_computer()
+    computer = computer if computer is not None else aev_computer()
     species = data.species.cpu().contiguous()
     coordinates = data.coordinates.cpu().to(torch.float32).contiguous()
-    content = hashlib.sha256()
-    content.update(species.numpy().tobytes())
-    content.update(coordinates.numpy().tobytes())
-    content.update(str(tuple(species.shape)).encode())
-    key = cache_key(data.source_sha256, content.hexdigest(), _computer_fingerprint(computer))
+    key = cache_key(data.fingerprint(), _computer_fingerprint(computer))
 
     def build() -> dict[str, np.ndarray]:
         device = next(computer.buffers()).device
@@ -289,7 +282,12 @@ def precompute_aevs(
                 chunks.append(aevs.to("cpu", torch.float32).numpy())
         return {"aevs": np.concatenate(chunks)}
 
-    return torch.from_numpy(cached_arrays("aev", key, build)["aevs"])
+    def check(arrays: dict[str, np.ndarray]) -> None:
+        if arrays["aevs"].shape != (*species.shape, computer.out_dim):
+            raise ValueError(f"cached AEVs have shape {arrays['aevs'].shape}, expected "
+                             f"{(*species.shape, computer.out_dim)}")
+
+    return torch.from_numpy(cached_arrays("aev", key, build, check)["aevs"])
 
 
 # --- checks --------------------------------------------------------------------------

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .atomic import atomic_write
 
 CACHE_DIR_ENV = "ANIBOOK_CACHE_DIR"
 FORMAT_VERSION = 1
@@ -34,30 +35,29 @@ def cache_key(*parts: object) -> str:
 
 
 def cached_arrays(
-    kind: str, key: str, build: Callable[[], dict[str, np.ndarray]]
+    kind: str, key: str, build: Callable[[], dict[str, np.ndarray]],
+    check: Callable[[dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Return the arrays stored under ``kind``/``key``, building and storing them if absent.
 
-    A corrupt or unreadable entry is removed and rebuilt (with a warning).
+    ``check(arrays)`` (optional) raises ``ValueError`` or ``KeyError`` when stored arrays are
+    inconsistent; such an entry, like an unreadable one, is rebuilt with a warning (and replaced
+    when the cache folder is writable; a read-only or shared cache is left as it is).
     """
     path = cache_dir() / f"{kind}-{key}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as stored:
-                return {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            warnings.warn(f"Cache entry {path} was unreadable ({exc}); rebuilding it.")
-            path.unlink(missing_ok=True)
+                arrays = {name: stored[name] for name in stored.files}
+            if check is not None:
+                check(arrays)
+            return arrays
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            warnings.warn(f"Cache entry {path.name} was unusable ({exc}); rebuilding it.")
     arrays = build()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.savez(out, **arrays)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_write(path) as tmp, open(tmp, "wb") as out:
+            np.savez(out, **arrays)
     except OSError as exc:  # a read-only home must not stop the book
-        warnings.warn(f"Could not write cache entry {path} ({exc}); continuing without it.")
+        warnings.warn(f"Could not write cache entry {path.name} ({exc}); continuing without it.")
     return arrays

@@ -12,18 +12,21 @@ crash or Ctrl-C mid-write never leaves a truncated checkpoint. Files are loaded 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from .atomic import atomic_write, remove_stale_temporaries
+
 __all__ = [
-    "BEST", "CHECKPOINT_FORMAT", "CheckpointError", "CheckpointMismatchError", "LATEST",
-    "atomic_save", "check_architecture", "load_file",
+    "BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "CheckpointMismatchError", "LATEST",
+    "atomic_save", "check_architecture", "load_file", "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "anibook-checkpoint"
+CHECKPOINT_VERSION = 2
+"""2: the training and validation data's fingerprints are recorded (``payload["data"]``)."""
 LATEST = "latest.pt"
 BEST = "best.pt"
 
@@ -37,19 +40,25 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` through a temporary file and ``os.replace`` (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            torch.save(obj, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    """``torch.save(obj, path)`` all or nothing (:func:`~anibook_utils.atomic.atomic_write`)."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def save_checkpoint(folder: str | os.PathLike, payload: Mapping[str, Any], improved: bool) -> None:
+    """Write ``latest.pt`` (and ``best.pt`` when ``improved``) into ``folder``, each atomically.
+
+    ``best.pt`` goes first, so a kill between the two writes leaves ``latest.pt`` one save
+    behind, never ahead of a best model it does not know; temporary files a killed writer
+    left behind are removed first.
+    """
+    folder = Path(folder)
+    for name in (LATEST, BEST):
+        remove_stale_temporaries(folder / name)
+    if improved and payload.get("spec") is not None:
+        atomic_save({**payload, "optimizers": [], "schedulers": []}, folder / BEST)
+    atomic_save(payload, folder / LATEST)
 
 
 def load_file(path: str | os.PathLike, kind: str | tuple[str, ...] = CHECKPOINT_FORMAT,
@@ -62,14 +71,24 @@ def load_file(path: str | os.PathLike, kind: str | tuple[str, ...] = CHECKPOINT_
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated, foreign or pickled-code files
         raise CheckpointError(
-            f"Could not read {path} as an anibook checkpoint ({type(exc).__name__}: {exc}). "
-            "Delete it and train again."
-        ) from exc
+            f"Could not read {path.name} as an anibook checkpoint: {_why_unreadable(exc)}. "
+            "Delete it and train again (or load the file you meant)."
+        ) from None
     kinds = (kind,) if isinstance(kind, str) else kind
     if not isinstance(payload, dict) or payload.get("format") not in kinds:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path} is not an anibook file of kind {kinds} (found {found!r}).")
     return payload
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """torch.load's reason in a few words, without its advice to disable ``weights_only``
+    (loading untrusted pickles can run arbitrary code; the book never does)."""
+    message = str(exc)
+    if "weights_only" in message or "Unpickl" in message:
+        return "it holds Python objects other than tensors and plain containers, which are never unpickled here"
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def check_architecture(payload: Mapping[str, Any], spec_dict: Mapping[str, Any] | None, aev_dim: int,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,15 +33,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .cache import cache_dir
 from .data import ELEMENTS, ANIData
-from .models import ArchitectureSpec, build_model
-from .training import (OPTIMIZERS, ConfigError, History, TrainConfig, element_count_matrix,
-                       fit_self_energies, train)
+from .history import History
+from .models import ArchitectureSpec
+from .training import OPTIMIZERS, ConfigError, TrainConfig, train
 
 __all__ = [
     "ADAM_SGD", "ARCHITECTURES", "RESULTS_FORMAT", "TABLE_COLUMNS", "ExperimentTable", "Run",
-    "architecture_label", "make_grid", "results_path", "run_grid", "run_one", "subsample",
+    "make_grid", "results_path", "run_grid", "run_one", "subsample",
 ]
 
 ADAM_SGD = "adam+sgd"
@@ -54,7 +54,7 @@ RESULTS_FORMAT = "anibook-experiments"
 def _code_fingerprint() -> str:
     """A hash of the engine's source, so stored results are not reused after it changes."""
     digest = hashlib.sha256(__version__.encode())
-    for name in ("training.py", "models.py", "aev.py", "experiments.py"):
+    for name in ("training.py", "feeding.py", "models.py", "aev.py", "self_energy.py", "experiments.py"):
         path = Path(__file__).with_name(name)
         digest.update(path.read_bytes() if path.is_file() else name.encode())
     return digest.hexdigest()[:16]
@@ -80,11 +80,6 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "final_train_rmse", "train_rmse_at_best", "epoch_time", "train_time", "wall_time", "stop_reason",
 )
 """Columns of :meth:`ExperimentTable.frame` (RMSEs in kcal/mol, times in seconds)."""
-
-
-def architecture_label(spec: ArchitectureSpec) -> str:
-    """Compact widths, e.g. ``H 160-128-96 | C 144-112-96 | ...``."""
-    return " | ".join(f"{e} " + "-".join(str(w) for w in ws) for e, ws in spec.hidden.items())
 
 
 @dataclass(frozen=True)
@@ -161,14 +156,8 @@ class Run:
     def key(self, train_data: ANIData | None = None, val_data: ANIData | None = None) -> str:
         """A stable id of the run (its settings, the data and the package version)."""
         parts = {"run": self.to_dict(), "code": _code_fingerprint(),
-                 "data": [_data_id(d) for d in (train_data, val_data) if d is not None]}
+                 "data": [d.fingerprint() for d in (train_data, val_data) if d is not None]}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _data_id(data: ANIData) -> str:
-    digest = hashlib.sha256(data.source_sha256.encode())
-    digest.update(data.energies.double().numpy().tobytes())
-    return f"{len(data)}-{digest.hexdigest()[:16]}"
 
 
 def make_grid(architectures: Iterable[str] | Mapping[str, ArchitectureSpec], optimizers: Iterable[str],
@@ -197,31 +186,14 @@ def subsample(data: ANIData, size: int, seed: int = 0) -> ANIData:
     return data.subset(order[:size].sort().values)
 
 
-def _standardize_like_engine(model: torch.nn.Module, train_data: ANIData, self_energies: torch.Tensor) -> None:
-    targets = train_data.energies.double() - element_count_matrix(train_data) @ self_energies
-    model.output_scale.fill_(float(targets.std()))
-
-
 def _train_adam_then_sgd(run: Run, train_data: ANIData, val_data: ANIData, progress: bool):
-    """Two train() calls on the same model: Adam, then SGD from Adam's last state."""
+    """Two train() calls on the same model: Adam, then SGD continuing from Adam's last weights."""
     first, second = run.phase_epochs
-    config1 = run.config("adam", first)
-    model = build_model(run.spec, seed=run.seed)
-    self_energies = fit_self_energies(train_data)
-    if config1.standardize:
-        _standardize_like_engine(model, train_data, self_energies)
-    last: dict[str, Any] = {}
-
-    def keep_last_state(record: dict[str, Any]) -> None:
-        last["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    phase1 = train(model, train_data, val_data, config1, callback=keep_last_state, progress=progress,
-                   self_energies=self_energies)
-    if "state" in last:  # train() hands back its best model; SGD continues from the last one
-        model.load_state_dict(last["state"])
-    model.train()
-    phase2 = train(model, train_data, val_data, run.config("sgd", second), progress=progress,
-                   self_energies=self_energies)
+    phase1 = train(run.spec, train_data, val_data, run.config("adam", first).replace(restore_best=False),
+                   progress=progress)
+    phase1.model.train()
+    phase2 = train(phase1.model, train_data, val_data, run.config("sgd", second), progress=progress,
+                   self_energies=phase1.self_energies)
     records = [{**r, "phase": "adam"} for r in phase1.history]
     offset_epoch, offset_time = len(phase1.history), phase1.train_time
     records += [{**r, "phase": "sgd", "epoch": r["epoch"] + offset_epoch, "time": r["time"] + offset_time}
@@ -243,7 +215,7 @@ def run_one(run: Run, train_data: ANIData, val_data: ANIData, progress: bool = F
     last = history[-1]
     return {
         "run_id": run.key(train_data, val_data), "group": run.group, "architecture": run.architecture,
-        "hidden": architecture_label(run.spec), "parameters": run.spec.num_parameters(),
+        "hidden": run.spec.label(), "parameters": run.spec.num_parameters(),
         "optimizer": run.optimizer, "weight_decay": run.weight_decay, "lr": run.lr,
         "batch_size": run.batch_size, "epochs": len(history), "seed": run.seed, "train_size": len(data),
         "best_epoch": int(best["epoch"]), "best_val_rmse": float(best["val_rmse"]),
@@ -298,16 +270,9 @@ class ExperimentTable:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table (rows and histories) to ``path`` as JSON, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(self.to_json(), out, allow_nan=True)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), allow_nan=True))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExperimentTable":

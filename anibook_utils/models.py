@@ -163,6 +163,16 @@ class ArchitectureSpec:
             total += sum(i * o + o for i, o in zip(dims[:-1], dims[1:]))
         return total
 
+    def label(self) -> str:
+        """The layers in a few characters: ``"all 64-32"``, or elements with the same layers
+        grouped, e.g. ``"H 160-128-96 · C 144-112-96 · N,O 128-112-96"``."""
+        groups: dict[str, list[str]] = {}
+        for element, widths in self.hidden.items():
+            groups.setdefault("-".join(map(str, widths)), []).append(element)
+        if len(groups) == 1 and len(self.hidden) > 1:
+            return f"all {next(iter(groups))}"
+        return " · ".join(f"{','.join(elements)} {layers}" for layers, elements in groups.items())
+
     def describe(self) -> str:
         """One line per element, e.g. ``H: 384 → 160 → 128 → 96 → 1``."""
         return "\n".join(
@@ -256,10 +266,6 @@ class ElementBuckets:
         """A copy on ``device``."""
         return ElementBuckets([f.to(device) for f in self.features], [o.to(device) for o in self.owners],
                               [o.to(device) for o in self.offsets], self.num_conformations)
-
-    def atoms_per_element(self) -> list[int]:
-        """How many atoms of each element the data set holds."""
-        return [int(f.shape[0]) for f in self.features]
 
     def select(self, index: Tensor) -> "ElementBuckets":
         """The conformations at ``index``, in that order (conformation ``index[k]`` becomes ``k``).
@@ -480,7 +486,7 @@ def to_torchani(model: MaskedANIModel) -> torch.nn.Module:
     Weights are copied, so both compute the same function (up to float rounding); the
     ``output_scale`` is folded into the final layers.
     """
-    from torchani.nn import ANINetworks, AtomicNetwork
+    from .torchani_shim import ANINetworks, AtomicNetwork
 
     if any(e not in model.networks for e in ELEMENTS[: len(model.networks)]):
         raise ArchitectureError(

@@ -1,8 +1,9 @@
-"""Support for executable chapters: quick mode and metric records (every chapter).
+"""What the chapters share with the book's build and tests: metric records and glue (every chapter).
 
-Each chapter's ``parameters`` cell sets ``QUICK`` from ``ANIBOOK_QUICK`` so one switch
-shrinks every chapter for tests and CI. Chapters call :func:`record_metrics` with the
-figures their prose quotes; the test harness reads them back from the JSON file.
+Chapters call :func:`record_metrics` (in cells hidden from the pages) with the figures the
+tests check; the test harness reads them back from the JSON file. :func:`glue` puts a
+computed number into the prose. (Quick mode is each chapter's ``QUICK`` parameter, set from
+``ANIBOOK_QUICK`` in its ``parameters`` cell.)
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_write
 
 METRICS_DIR_ENV = "ANIBOOK_METRICS_DIR"
 
@@ -37,9 +40,8 @@ def record_metrics(chapter: str, **metrics: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(path.read_text()) if path.is_file() else {}
     record.update({k: _plain(v) for k, v in metrics.items()})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     return path
 
 

@@ -11,53 +11,61 @@ checkpoint (``best.pt`` / ``latest.pt``).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from .aev import COURSE_AEV_CONSTANTS, aev_length
+from .aev import COURSE_AEV_CONSTANTS, aev_computer, aev_length
 from .checkpoints import CHECKPOINT_FORMAT, atomic_save, load_file
-from .data import ELEMENTS
+from .data import ATOMIC_NUMBERS, ELEMENTS, PADDING
 from .models import ArchitectureSpec, MaskedANIModel, build_model
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="The extensions")
-    from torchani.aev import AEVComputer
-
-__all__ = ["POTENTIAL_FORMAT", "ANIPotential", "aev_computer_from_constants", "load_potential",
-           "save_potential", "species_tensor"]
+__all__ = ["POTENTIAL_FORMAT", "ANIPotential", "PotentialInputError", "load_potential", "save_potential",
+           "species_tensor"]
 
 POTENTIAL_FORMAT = "anibook-potential"
 
 
-def aev_computer_from_constants(constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS) -> AEVComputer:
-    """torchani's ``AEVComputer.from_constants`` for constants in the form of ``COURSE_AEV_CONSTANTS``."""
-    aev_length(constants)  # validates the keys
-    return AEVComputer.from_constants(
-        radial_cutoff=float(constants["Rcr"]), angular_cutoff=float(constants["Rca"]),
-        radial_eta=float(constants["EtaR"]), radial_shifts=list(constants["ShfR"]),
-        angular_eta=float(constants["EtaA"]), angular_zeta=float(constants["Zeta"]),
-        angular_shifts=list(constants["ShfA"]), sections=list(constants["ShfZ"]),
-        num_species=int(constants["num_species"]),
-    )
+class PotentialInputError(ValueError):
+    """Species or coordinates a potential cannot evaluate (the message says what to pass)."""
 
 
 def species_tensor(species: Tensor | Sequence[str] | Sequence[int]) -> Tensor:
-    """Element indices as an int64 tensor; symbols such as ``["O", "H", "H"]`` are converted."""
+    """Element indices as an int64 tensor; symbols such as ``["O", "H", "H"]`` are converted.
+
+    Indices must lie in -1..3 (H=0, C=1, N=2, O=3, -1 padding); atomic numbers, floats and
+    unknown symbols raise :class:`PotentialInputError` saying what to pass instead.
+    """
     if isinstance(species, Tensor):
-        return species.long()
-    items = list(species)
-    if items and isinstance(items[0], (list, tuple)):
-        return torch.stack([species_tensor(row) for row in items])
-    if items and all(isinstance(s, str) for s in items):
-        unknown = [s for s in items if s not in ELEMENTS]
-        if unknown:
-            raise ValueError(f"Unknown element symbol(s) {unknown}: the potential knows {ELEMENTS}.")
-        return torch.tensor([ELEMENTS.index(s) for s in items], dtype=torch.long)
-    return torch.as_tensor(items, dtype=torch.long)
+        if species.is_floating_point() or species.is_complex() or species.dtype == torch.bool:
+            raise PotentialInputError(
+                f"species must hold integer element indices (H=0, C=1, N=2, O=3, -1 padding), got dtype "
+                f"{species.dtype}.")
+        indices = species.long()
+    else:
+        items = list(species)
+        if items and isinstance(items[0], (list, tuple)):
+            return torch.stack([species_tensor(row) for row in items])
+        if items and all(isinstance(s, str) for s in items):
+            unknown = [s for s in items if s not in ELEMENTS]
+            if unknown:
+                raise PotentialInputError(f"Unknown element symbol(s) {unknown}: the potential knows {ELEMENTS}.")
+            return torch.tensor([ELEMENTS.index(s) for s in items], dtype=torch.long)
+        if any(isinstance(s, (float, bool)) for s in items):
+            raise PotentialInputError(f"species must be element symbols or integer indices, got {items!r}.")
+        indices = torch.as_tensor(items, dtype=torch.long)
+    bad = (indices < PADDING) | (indices >= len(ELEMENTS))
+    if bool(bad.any()):
+        found = sorted(set(indices[bad].tolist()))
+        numbers = {z: e for e, z in ATOMIC_NUMBERS.items()}
+        hint = (f" They look like atomic numbers ({', '.join(f'{z} = {numbers[z]}' for z in found if z in numbers)}):"
+                " convert them, or pass symbols." if set(found) <= set(numbers) else "")
+        raise PotentialInputError(
+            f"species indices must lie in -1..{len(ELEMENTS) - 1} (H=0, C=1, N=2, O=3, -1 padding); found "
+            f"{found}.{hint}")
+    return indices
 
 
 class ANIPotential(torch.nn.Module):
@@ -82,22 +90,32 @@ class ANIPotential(torch.nn.Module):
             )
         self.aev_constants = dict(aev_constants)
         self.self_energies = tuple(values)
-        self.aev_computer = aev_computer_from_constants(aev_constants)
+        self.aev_computer = aev_computer(aev_constants, device=next(model.parameters()).device)
         self.model = model
         self.eval()
 
     def _inputs(self, species, coordinates) -> tuple[Tensor, Tensor, bool]:
         param = next(self.model.parameters())
         species = species_tensor(species).to(param.device)
-        coordinates = torch.as_tensor(coordinates).to(param.device, param.dtype)
+        coordinates = torch.as_tensor(coordinates)
+        if not (coordinates.is_floating_point() or coordinates.dtype in (torch.int32, torch.int64)):
+            raise PotentialInputError(f"coordinates must be numbers in Å, got dtype {coordinates.dtype}.")
+        coordinates = coordinates.to(param.device, param.dtype)
         single = species.dim() == 1
         if single:
             species, coordinates = species.unsqueeze(0), coordinates.unsqueeze(0)
         if species.dim() != 2 or coordinates.shape != (*species.shape, 3):
-            raise ValueError(
+            raise PotentialInputError(
                 f"Expected species (N, A) and coordinates (N, A, 3) (or (A,) and (A, 3) for one "
                 f"molecule); got {tuple(species.shape)} and {tuple(coordinates.shape)}."
             )
+        finite = torch.isfinite(coordinates).view(coordinates.shape[0], -1).all(dim=1)
+        if not bool(finite.all()):
+            raise PotentialInputError(
+                f"The coordinates of conformation {int((~finite).nonzero()[0])} hold NaN or infinity: "
+                "the potential can only evaluate finite positions (Å).")
+        if bool(((species >= 0).sum(dim=1) == 0).any()):
+            raise PotentialInputError("A conformation has no atoms (all species are -1 padding).")
         return species, coordinates, single
 
     def _energies(self, species: Tensor, coordinates: Tensor) -> Tensor:

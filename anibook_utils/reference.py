@@ -22,8 +22,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
-import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,16 +30,12 @@ from typing import Any, Callable, Sequence
 import h5py
 import numpy as np
 
-from .data.dataset import ELEMENTS, PADDING, formula
-from .data.files import sha256_of
+from .atomic import atomic_write
+from .data import ELEMENTS, HARTREE_TO_KCAL, PADDING, formula, sha256_of
 from .sampling import MIN_DISTANCE_FACTOR, NormalModes, sample_normal_modes
 
 BOHR = 0.52917721092
 """Å per Bohr (the value PySCF uses)."""
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="The extensions")
-    from torchani.units import HARTREE_TO_KCALPERMOL as HARTREE_TO_KCALMOL
 
 
 class PySCFMissingError(ImportError):
@@ -325,19 +319,9 @@ class _Molecule:
 
 
 def _write_atomic(path: Path, write: Callable[[h5py.File], None]) -> None:
-    """Write an HDF5 file next to ``path`` and rename it into place (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        with h5py.File(tmp, "w", track_order=True) as out:
-            write(out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write an HDF5 file all or nothing (:func:`~anibook_utils.atomic.atomic_write`)."""
+    with atomic_write(path) as tmp, h5py.File(tmp, "w", track_order=True) as out:
+        write(out)
 
 
 def _save_progress(path: Path, params: dict, molecules: list[_Molecule]) -> None:
@@ -623,7 +607,7 @@ def add_forces(path: str | os.PathLike, checkpoint_every: int = 25, progress: bo
         for g, (species, xyz, energies) in data.items():
             for i in np.flatnonzero(~done[g]):
                 point = single_point(species, xyz[i], level, forces=True)
-                difference = abs(point.energy - float(energies[i])) * HARTREE_TO_KCALMOL
+                difference = abs(point.energy - float(energies[i])) * HARTREE_TO_KCAL
                 if difference > energy_tolerance:
                     raise GenerationMismatchError(
                         f"{path.name}:{g} conformation {i}: the recomputed energy differs from the stored "
@@ -702,7 +686,7 @@ def _check(args: argparse.Namespace) -> int:
         rows = np.flatnonzero(data.molecule_ids.numpy() == mol)
         for i in rng.choice(rows, size=min(args.per_molecule, len(rows)), replace=False):
             energy = single_point(data.species[i], data.coordinates[i], level).energy
-            diff = (energy - float(data.energies[i])) * HARTREE_TO_KCALMOL
+            diff = (energy - float(data.energies[i])) * HARTREE_TO_KCAL
             worst = max(worst, abs(diff))
             print(f"  {name:4s} #{i:<6d} published {float(data.energies[i]):.6f} Ha  "
                   f"recomputed {energy:.6f} Ha  difference {diff:+.4f} kcal/mol")

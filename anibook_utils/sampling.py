@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data import COVALENT_RADII
+
 BOLTZMANN_HARTREE = 3.166811563e-6
 """Boltzmann's constant in Hartree per kelvin (CODATA 2018)."""
 
-COVALENT_RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66}
-"""Covalent radii in Å (Cordero et al., Dalton Trans. 2008), for the too-close check."""
 
 MIN_DISTANCE_FACTOR = 0.6
 """A conformation is rejected when two atoms are closer than this fraction of their radii sum."""
@@ -73,7 +73,7 @@ def too_close(
     unknown = sorted(set(species) - set(COVALENT_RADII))
     if unknown:
         raise ValueError(
-            f"No covalent radius for {unknown}; add it to anibook_utils.sampling.COVALENT_RADII."
+            f"No covalent radius for {unknown}; add it to anibook_utils.data.COVALENT_RADII."
         )
     xyz = np.asarray(coordinates, dtype=np.float64)
     radii = np.array([COVALENT_RADII[s] for s in species])

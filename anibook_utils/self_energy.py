@@ -32,12 +32,8 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 import torch
 
-with warnings.catch_warnings():  # torchani warns that its optional CUDA extensions are absent
-    warnings.filterwarnings("ignore", message="The extensions")
-    from torchani.sae import SelfEnergy
-
-from .data.dataset import ELEMENTS, ANIData
-from .data.errors import EmptySelectionError
+from .data import ELEMENTS, ANIData, EmptySelectionError
+from .torchani_shim import SelfEnergy
 
 __all__ = [
     "RankDeficientFitWarning", "SelfEnergyFit", "SelfEnergyLike", "composition_matrix",
@@ -193,6 +189,11 @@ class SelfEnergyFit:
     def is_unique(self) -> bool:
         """True when the data determines every present element's self energy."""
         return self.null_space.shape[0] == 0
+
+    def as_tensor(self, missing: float = 0.0) -> torch.Tensor:
+        """The values as a float64 tensor in ELEMENTS order, ``missing`` for absent elements
+        (what the training engine and :class:`~anibook_utils.potential.ANIPotential` take)."""
+        return torch.from_numpy(np.where(self.present, self.values, missing).astype(np.float64))
 
     def as_dict(self) -> dict[str, float]:
         """``{symbol: value}`` in Hartree (NaN for absent elements)."""

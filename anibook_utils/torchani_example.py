@@ -1,11 +1,13 @@
-"""TorchANI's "Train your own neural network potential" recipe, as plain reusable code (chapter 6).
+"""The legacy TorchANI "Train your own neural network potential" recipe the course followed (chapter 6).
 
-TorchANI's tutorial (``examples/nnp_training.py`` in the TorchANI repository) trains the
-ANI-1x networks on this very data file with NeuroChem's settings. This module keeps its
-loop readable and faithful, with torchani 2.9's classes:
+TorchANI's tutorial ``examples/nnp_training.py`` (renamed ``legacy_training.py`` in April
+2024 and removed from the repository in June 2024; TorchANI's current training example,
+``examples/training.py``, builds its model with ``torchani.arch.simple_ani`` instead) trained
+the ANI-1x networks on this very data file with NeuroChem's settings. The course followed it.
+This module keeps that legacy loop readable and faithful, written with torchani 2.9's classes:
 
 - the model: torchani's ``AEVComputer`` (the course's constants,
-  :func:`~anibook_utils.aev.course_aev_computer`) *inside* the model, so every step computes
+  :func:`~anibook_utils.aev.aev_computer`) *inside* the model, so every step computes
   the AEVs of its batch, followed by ``torchani.nn.ANINetworks`` of ``AtomicNetwork``
   (course widths, biases, ``CELU(0.1)``); weights drawn with ``kaiming_normal_(a=1)`` and
   biases set to zero, NeuroChem's initialisation;
@@ -33,7 +35,6 @@ import copy
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -41,19 +42,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .aev import AEV_LENGTH, course_aev_computer
+from .aev import AEV_LENGTH, aev_computer
 from .checkpoints import atomic_save
-from .data import ELEMENTS, ANIData, iterate_batches
+from .data import ELEMENTS, HARTREE_TO_KCAL, ANIData, iterate_batches
+from .history import History
 from .models import COURSE_HIDDEN, ArchitectureSpec, MaskedANIModel, build_model
-from .training import HARTREE_TO_KCAL, History, element_count_matrix, fit_self_energies
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="The extensions")
-    from torchani.nn import ANINetworks, AtomicNetwork
+from .self_energy import fit_self_energies, shift_energies
+from .torchani_shim import ANINetworks, AtomicNetwork
 
 __all__ = [
     "EXAMPLE_FINAL_DECAY", "EXAMPLE_HIDDEN_DECAYS", "ExampleModel", "TorchANIExample",
-    "build_example_model", "example_optimizers", "example_targets", "masked_model_from_example",
+    "build_example_model", "example_optimizers", "masked_model_from_example",
     "torchani_example_step",
 ]
 
@@ -107,7 +106,7 @@ def build_example_model(hidden: Mapping[str, Sequence[int]] | None = None, seed:
             for e in ELEMENTS
         })
         networks.apply(_init_like_neurochem)
-    return ExampleModel(course_aev_computer(), networks).to(device)
+    return ExampleModel(aev_computer(), networks).to(device)
 
 
 def _layers(network: AtomicNetwork) -> list[torch.nn.Linear]:
@@ -134,11 +133,6 @@ def example_optimizers(
             weight_groups.append({"params": [layer.weight], "weight_decay": decay})
             bias_groups.append({"params": [layer.bias]})
     return torch.optim.AdamW(weight_groups, lr=lr), torch.optim.SGD(bias_groups, lr=lr)
-
-
-def example_targets(data: ANIData, self_energies: Tensor) -> Tensor:
-    """Energies minus the self energies of their atoms (Hartree, float64)."""
-    return data.energies.double() - element_count_matrix(data) @ self_energies.double()
 
 
 def torchani_example_step(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
@@ -193,7 +187,7 @@ class TorchANIExample:
         self.seed = seed
         self.reshuffle = reshuffle
         self.early_stopping_lr = early_stopping_lr
-        self.self_energies = (fit_self_energies(train_data) if self_energies is None
+        self.self_energies = (fit_self_energies(train_data, warn=False).as_tensor() if self_energies is None
                               else torch.as_tensor(self_energies, dtype=torch.float64))
         self.train_data, self.val_data = train_data, val_data
         self._shuffler = torch.Generator().manual_seed(seed)
@@ -218,7 +212,7 @@ class TorchANIExample:
 
     # --- data -------------------------------------------------------------------------
     def _batches(self, data: ANIData, shuffle: bool) -> list[_Batch]:
-        targets = example_targets(data, self.self_energies).float()
+        targets = shift_energies(data, self_energies=self.self_energies).float()
         batches = []
         for b in iterate_batches(data, self.batch_size, shuffle=shuffle, generator=self._shuffler):
             batches.append(_Batch(b.species.to(self.device), b.coordinates.to(self.device),

@@ -14,19 +14,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.dataset import ELEMENTS, ANIData
+from .data import COVALENT_RADII, ELEMENTS, ANIData
 
 __all__ = [
-    "ATOM_COLORS", "COVALENT_RADII", "conformation", "draw_molecule", "find_bonds",
+    "ATOM_COLORS", "conformation", "draw_molecule", "find_bonds",
     "molecule_viewer", "to_xyz",
 ]
 
 ATOM_COLORS = {"H": "#e8e8e8", "C": "#404040", "N": "#3050f8", "O": "#ff0d0d"}
 """CPK-style colours (the ones molecular viewers use)."""
 
-COVALENT_RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66}
-"""Single-bond covalent radii in Å (Cordero et al., 2008); two atoms closer than the sum
-of their radii plus a tolerance are drawn bonded."""
 
 
 def conformation(data: ANIData, index: int) -> tuple[list[str], np.ndarray]:

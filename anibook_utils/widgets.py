@@ -42,7 +42,8 @@ import ipywidgets as w
 
 from .data import ANIData
 from .models import ACTIVATIONS, ArchitectureError, ArchitectureSpec
-from .training import OPTIMIZERS, SCHEDULES, ConfigError, History, TrainConfig, TrainResult, train
+from .history import History
+from .training import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, TrainResult, train
 
 __all__ = [
     "DEFAULT_EPOCHS", "MAX_LAYERS", "MAX_WIDTH", "TARGET_KCAL", "PanelRun", "TrainingPanel",
@@ -110,17 +111,6 @@ def format_widths(widths: Sequence[int]) -> str:
     return ", ".join(str(int(v)) for v in widths)
 
 
-def _architecture_label(spec: ArchitectureSpec) -> str:
-    """The layers in a few characters: ``"all 64-32"``, or elements with the same layers grouped,
-    e.g. ``"H 160-128-96 · C 144-112-96 · N,O 128-112-96"``."""
-    groups: dict[str, list[str]] = {}
-    for element, widths in spec.hidden.items():
-        groups.setdefault("-".join(map(str, widths)), []).append(element)
-    if len(groups) == 1 and len(spec.hidden) > 1:
-        return f"all {next(iter(groups))}"
-    return " · ".join(f"{','.join(elements)} {layers}" for layers, elements in groups.items())
-
-
 @dataclass
 class PanelRun:
     """One run made from the panel: its settings, the engine's result and its timings.
@@ -168,7 +158,7 @@ class PanelRun:
         c = self.config
         return {
             "run": self.number,
-            "layers": _architecture_label(self.spec),
+            "layers": self.spec.label(),
             "activation": self.spec.activation,
             "parameters": self.spec.num_parameters(),
             "optimizer": c.optimizer,
@@ -565,11 +555,6 @@ class TrainingPanel:
 
         columns = list(PanelRun.columns(self.target))
         return pd.DataFrame([run.row() for run in self.runs], columns=columns)
-
-    def best_run(self) -> PanelRun | None:
-        """The run with the lowest best validation RMSE (None before the first run)."""
-        finished = [r for r in self.runs if not math.isnan(r.best_val_rmse)]
-        return min(finished, key=lambda r: r.best_val_rmse) if finished else None
 
     def _update_table(self) -> None:
         self.table.value = _table_html(self.runs_frame())

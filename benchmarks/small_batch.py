@@ -40,7 +40,7 @@ from torch import Tensor
 
 from anibook_utils.data import ELEMENTS, ANIData
 from anibook_utils.models import ArchitectureSpec, ElementBatch, ElementBuckets, MaskedANIModel, build_model
-from anibook_utils.training import prepare_buckets
+from anibook_utils.feeding import prepare_buckets
 
 from .throughput import Epoch, _targets, conformations_per_second, describe_error, synchronizer
 

@@ -26,11 +26,12 @@ from typing import Callable
 
 import torch
 
-from anibook_utils.aev import course_aev_computer, precompute_aevs
+from anibook_utils.aev import aev_computer, precompute_aevs
 from anibook_utils.data import ANIData
 from anibook_utils.models import ArchitectureSpec, build_model
 from anibook_utils.torchani_example import build_example_model, example_optimizers, torchani_example_step
-from anibook_utils.training import element_count_matrix, fit_self_energies, prepare_buckets
+from anibook_utils.feeding import prepare_buckets
+from anibook_utils.self_energy import fit_self_energies, shift_energies
 
 Step = Callable[[int, int], None]
 Epoch = Callable[[torch.Tensor], Step]
@@ -64,7 +65,7 @@ def _per_batch(step: IndexStep, device: torch.device) -> Epoch:
 
 def _targets(data: ANIData) -> torch.Tensor:
     """Energies minus fitted self energies (Hartree, float32), the quantity every loop learns."""
-    return (data.energies - element_count_matrix(data) @ fit_self_energies(data)).float()
+    return shift_energies(data, self_energies=fit_self_energies(data, warn=False)).float()
 
 
 def engine_step(data: ANIData, spec: ArchitectureSpec,
@@ -123,7 +124,7 @@ def course_step(data: ANIData, spec: ArchitectureSpec, precomputed: bool,
     whatever the input's device (see ``CourseMaskedANIModel``)."""
     device = torch.device(device)
     model = build_model(spec, seed=0, course=True).to(device)
-    computer = course_aev_computer(device)
+    computer = aev_computer(device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     y = _targets(data).to(device)
     all_species, all_coordinates = data.species.to(device), data.coordinates.to(device)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from anibook_utils.colab import REPOSITORY_URL
 
@@ -46,45 +49,99 @@ def real_data():
         pytest.skip(f"ANI-1 data not available: {exc}")
 
 
+@dataclass
+class ExecutedChapter:
+    """A chapter executed once in quick mode: the executed notebook and the metrics it recorded."""
+
+    notebook: Path
+    metrics: dict
+
+
 @pytest.fixture(scope="session")
-def run_chapter(tmp_path_factory: pytest.TempPathFactory, real_data):
-    """Execute a chapter in quick mode with papermill (once per session) and return its metrics."""
+def executed(tmp_path_factory: pytest.TempPathFactory, real_data):
+    """``executed(name)``: run a chapter once per session in quick mode with papermill.
+
+    Every check of a chapter reads this one execution: its metrics (test_chNN_*), its checked
+    outputs (test_book) and its rendered page (the ``quick_book`` fixture builds from it).
+    """
     import papermill
 
-    done: dict[tuple, dict] = {}
+    done: dict[str, ExecutedChapter] = {}
     root = tmp_path_factory.mktemp("chapters")
 
-    def run(name: str, **parameters: object) -> dict:
-        key = (name, tuple(sorted(parameters.items())))
-        if key not in done:
-            out = root / f"{name}-{len(done)}"
+    def run(name: str) -> ExecutedChapter:
+        if name not in done:
+            out = root / name
             out.mkdir()
-            os.environ["ANIBOOK_METRICS_DIR"] = str(out)
-            papermill.execute_notebook(
-                str(BOOK / f"{name}.ipynb"),
-                str(out / f"{name}.ipynb"),
-                parameters={"QUICK": True, **parameters},
-                cwd=str(BOOK),
-                kernel_name="python3",
-                progress_bar=False,
-            )
+            # quick mode comes from ANIBOOK_QUICK; the kernel keeps its inline backend, so the
+            # executed notebook holds the figures the book shows
+            env = {"ANIBOOK_METRICS_DIR": str(out), "ANIBOOK_QUICK": "1", "MPLBACKEND": None}
+            with _environment(env):
+                papermill.execute_notebook(str(BOOK / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
+                                           cwd=str(BOOK), kernel_name="python3", progress_bar=False)
             metrics_file = out / f"{name}.json"
-            done[key] = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        return done[key]
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+            done[name] = ExecutedChapter(out / f"{name}.ipynb", metrics)
+        return done[name]
 
     return run
 
 
 @pytest.fixture(scope="session")
-def quick_book(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
-    """Build the whole book once in quick mode, warnings as errors; return the HTML folder."""
+def run_chapter(executed):
+    """``run_chapter(name)``: the metrics a chapter recorded in its one quick execution."""
+    return lambda name: executed(name).metrics
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str | None]):
+    """Set (or, for None, remove) environment variables for the duration of a block."""
+    saved = {k: os.environ.get(k) for k in changes}
+    for key, value in changes.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def copy_working_tree(target: Path) -> Path:
+    """Copy this working tree's tracked and new (not ignored) files to ``target``."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def quick_book(tmp_path_factory: pytest.TempPathFactory, executed) -> Path:
+    """The whole book built from the chapters' one quick execution (no second run), warnings as
+    errors; return the HTML folder."""
+    from book_layout import toc_files
+
+    source = copy_working_tree(tmp_path_factory.mktemp("book-source"))
+    for entry in toc_files():
+        if (ROOT / f"{entry}.ipynb").is_file():
+            shutil.copy(executed(Path(entry).name).notebook, source / f"{entry}.ipynb")
+    config = yaml.safe_load((source / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"  # the notebooks carry their outputs
+    (source / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = tmp_path_factory.mktemp("book")
-    env = dict(os.environ, ANIBOOK_QUICK="1", ANIBOOK_METRICS_DIR=str(out / "metrics"))
-    env.pop("MPLBACKEND", None)  # the kernels keep their inline backend: with Agg the pages have no figures
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     result = subprocess.run(
-        [str(jupyter_book), "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
-        env=env, capture_output=True, text=True,
+        [str(jupyter_book), "build", str(source), "--path-output", str(out), "-W", "--keep-going"],
+        capture_output=True, text=True,
     )
     if result.returncode != 0:
         pytest.fail("jupyter-book build failed:\n" + result.stdout[-6000:] + result.stderr[-3000:])
@@ -97,13 +154,7 @@ def quick_book(tmp_path_factory: pytest.TempPathFactory, real_data) -> Path:
 def working_tree_repository(target: Path) -> Path:
     """A git repository on branch main holding this working tree (tracked and new files, not
     ignored ones): what a reader's ``git clone`` of the pushed branch would get."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    copy_working_tree(target)
     git = ["git", "-c", "user.name=anibook", "-c", "user.email=anibook@localhost"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=target, check=True)
     subprocess.run([*git, "add", "-A"], cwd=target, check=True)

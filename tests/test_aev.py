@@ -13,7 +13,7 @@ from anibook_utils.aev import (
     angular_terms,
     compute_aevs,
     cosine_cutoff,
-    course_aev_computer,
+    aev_computer,
     feature_blocks,
     precompute_aevs,
     radial_terms,
@@ -29,7 +29,7 @@ PER_MOLECULE = 256  # conformations of each molecule compared with torchani
 
 @pytest.fixture(scope="module")
 def computer():
-    return course_aev_computer()
+    return aev_computer()
 
 
 def sample(data, n: int, seed: int = 0):
@@ -76,7 +76,7 @@ def test_course_computer_uses_course_constants(computer):
     assert computer.radial.cutoff == c["Rcr"] and computer.angular.cutoff == c["Rca"]
     torch.testing.assert_close(computer.radial.shifts, torch.tensor(c["ShfR"]))
     torch.testing.assert_close(computer.angular.sections, torch.tensor(c["ShfZ"]))
-    assert next(course_aev_computer("cpu").buffers()).device.type == "cpu"
+    assert next(aev_computer(device="cpu").buffers()).device.type == "cpu"
 
 
 def test_species_pair_index_is_symmetric_and_complete():
@@ -304,26 +304,8 @@ def test_precompute_key_follows_coordinates_and_constants(real_data):
     moved.coordinates = moved.coordinates.clone()
     moved.coordinates[0, 0, 0] += 0.3
     assert not torch.equal(precompute_aevs(moved), aevs)
-    other = course_aev_computer()
+    other = aev_computer()
     other.radial.eta.fill_(20.0)
     assert not torch.equal(precompute_aevs(part, computer=other), aevs)
     with pytest.raises(ValueError, match="batch_size"):
         precompute_aevs(part, batch_size=0)
-
-
-# --- the chapter ----------------------------------------------------------------------
-
-
-@pytest.mark.notebook
-def test_chapter_runs_and_records_its_numbers(run_chapter):
-    metrics = run_chapter("03_aevs")
-    assert metrics["aev_length"] == 384
-    assert metrics["radial_length"] == 64 and metrics["angular_length"] == 320
-    assert metrics["conformations_compared"] >= 600
-    assert metrics["max_abs_diff_vs_torchani"] < TOLERANCE
-    for key in ("rotation_error", "translation_error", "permutation_error"):
-        assert metrics[key] < 1e-4, key
-    assert metrics["stretch_max_change"] > 1e-3
-    for key in ("time_precompute_s", "time_in_model_epoch_s", "time_in_model_with_forces_epoch_s",
-                "time_cached_epoch_s"):
-        assert metrics[key] > 0, key

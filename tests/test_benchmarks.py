@@ -65,21 +65,12 @@ def test_replicated_molecules_keep_their_environments(real_data):
     assert torch.allclose(both[:, 5:], single, atol=1e-4)  # float32 coordinates shifted by 20 Å
 
 
-@pytest.mark.notebook
-def test_appendix_runs_every_section(run_chapter):
-    metrics = run_chapter("appendix_benchmarks")
-    assert metrics["sections"] == ["throughput", "limit", "accuracy", "loading", "size"]
-    assert metrics["ratio_engine_torchani_256"] > 0
-    assert set(metrics["limit_fraction"]) == {"256", "2560"}
-    assert metrics["flops_per_conformation"] > 1e6
-
-
 # --- devices: the GPU options, checked on any machine ----------------------------------------
 
 
 def test_padded_batches_give_the_engines_loss_and_gradients(real_data):
     from anibook_utils.models import ArchitectureSpec, build_model
-    from anibook_utils.training import prepare_buckets
+    from anibook_utils.feeding import prepare_buckets
     from benchmarks.small_batch import max_atoms_per_element, pad_epoch, padded_loss
     from benchmarks.throughput import _targets
 

@@ -215,8 +215,13 @@ def test_checksum_mismatch_is_reported_and_file_untouched(real_data, tmp_path, m
 def test_not_hdf5(tmp_path):
     path = tmp_path / "notes.h5"
     path.write_text("this is not HDF5")
-    with pytest.raises(NotHDF5Error, match="not a readable HDF5 file.*fetch-data"):
+    with pytest.raises(NotHDF5Error, match="not a readable HDF5 file") as info:
         read_ani_h5(path)
+    assert "fetch-data" not in str(info.value), "a user's own file must never be advised away"
+    registered = tmp_path / "ani_gdb_s01.h5"
+    registered.write_text("this is not HDF5 either")
+    with pytest.raises(NotHDF5Error, match="not a readable HDF5 file.*fetch-data"):
+        read_ani_h5(registered)
 
 
 def test_truncated_file(real_data, tmp_path, monkeypatch):

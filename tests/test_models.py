@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anibook_utils.aev import course_aev_computer
+from anibook_utils.aev import aev_computer
 from anibook_utils.models import (
     ArchitectureError,
     ArchitectureSpec,
@@ -27,7 +27,7 @@ def batch(real_data):
     index = torch.randperm(len(real_data), generator=torch.Generator().manual_seed(1))[:600]
     subset = real_data.subset(index)
     with torch.no_grad():
-        aevs = course_aev_computer()(subset.species, subset.coordinates)
+        aevs = aev_computer()(subset.species, subset.coordinates)
     return subset.species, aevs
 
 
@@ -134,7 +134,7 @@ def test_bucketed_batches_equal_the_padded_forward(batch):
     species, aevs = batch
     model = build_model(seed=0)
     buckets = ElementBuckets.from_padded(species, aevs)
-    assert buckets.atoms_per_element() == [int((species == i).sum()) for i in range(4)]
+    assert [len(f) for f in buckets.features] == [int((species == i).sum()) for i in range(4)]
     assert torch.allclose(model.forward_batch(buckets.batch()), model(species, aevs), atol=1e-6)
     order = torch.randperm(len(species), generator=torch.Generator().manual_seed(0))
     shuffled = buckets.select(order)

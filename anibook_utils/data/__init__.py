@@ -2,7 +2,7 @@
 
 >>> from anibook_utils.data import load_dataset, split_dataset, iterate_batches
 >>> data = load_dataset()                      # ani_gdb_s01, found or downloaded
->>> train, val = split_dataset(data, 0.8, seed=0)
+>>> train, val, test = split_dataset(data, BOOK_SPLIT, seed=0)   # 80/10/10
 >>> for batch in iterate_batches(train, 256, shuffle=True, seed=0): ...
 """
 
@@ -16,7 +16,8 @@ import torch
 
 from ..cache import cache_key, cached_arrays
 from .batching import Batch, iterate_batches
-from .dataset import ELEMENTS, PADDING, ANIData, formula
+from .constants import ATOMIC_NUMBERS, COVALENT_RADII, ELEMENTS, HARTREE_TO_KCAL, PADDING
+from .dataset import ANIData, formula
 from .errors import (
     ChecksumMismatchError,
     DataError,
@@ -32,11 +33,11 @@ from .errors import (
 from .files import DATA_DIR_ENV, FallbackDataWarning, fetch_dataset, locate_dataset, sha256_of
 from .reader import read_ani_h5
 from .registry import DATASETS, DEFAULT_DATASET, FALLBACK_DATASET, DatasetInfo, dataset_info
-from .split import split_dataset, split_indices
+from .split import BOOK_SPLIT, COURSE_SPLIT, split_dataset, split_indices
 
 __all__ = [
-    "ANIData", "Batch", "DATASETS", "DATA_DIR_ENV", "DEFAULT_DATASET", "DatasetInfo", "ELEMENTS",
-    "PADDING", "ChecksumMismatchError", "DataError", "DataFileNotFoundError", "DownloadError",
+    "ANIData", "ATOMIC_NUMBERS", "BOOK_SPLIT", "COURSE_SPLIT", "Batch", "COVALENT_RADII", "DATASETS", "DATA_DIR_ENV", "DEFAULT_DATASET",
+    "DatasetInfo", "ELEMENTS", "HARTREE_TO_KCAL", "PADDING", "ChecksumMismatchError", "DataError", "DataFileNotFoundError", "DownloadError",
     "EmptySelectionError", "FALLBACK_DATASET", "FallbackDataWarning", "MalformedGroupError", "NonFiniteValueError", "NotHDF5Error",
     "UnknownDatasetError", "UnsupportedElementError", "dataset_info", "fetch_dataset", "formula",
     "iterate_batches", "load_dataset", "locate_dataset", "read_ani_h5", "sha256_of",
@@ -44,6 +45,21 @@ __all__ = [
 ]
 
 _FIELDS = ("species", "coordinates", "energies", "molecule_ids")
+
+
+def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
+    """Raise ValueError/KeyError unless cached arrays form a consistent data set (as read ones do)."""
+    species, coordinates, energies, ids = (arrays[f] for f in _FIELDS)
+    names, groups = arrays["molecule_names"], arrays["groups"]
+    n = len(energies)
+    if species.ndim != 2 or species.shape[0] != n or coordinates.shape != (*species.shape, 3) or ids.shape != (n,):
+        raise ValueError(f"inconsistent shapes {species.shape}, {coordinates.shape}, {energies.shape}, {ids.shape}")
+    if n == 0 or len(names) != len(groups) or (ids.size and (ids.min() < 0 or ids.max() >= len(names))):
+        raise ValueError("molecule ids and names disagree")
+    if species.size and (species.min() < PADDING or species.max() >= len(ELEMENTS)):
+        raise ValueError("species indices out of range")
+    if not (np.isfinite(energies).all() and np.isfinite(coordinates).all()):
+        raise ValueError("non-finite values")
 
 
 def load_dataset(
@@ -72,7 +88,7 @@ def load_dataset(
         arrays["groups"] = np.array(data.groups)
         return arrays
 
-    arrays = cached_arrays("ani", cache_key(digest, ELEMENTS), build) if use_cache else build()
+    arrays = cached_arrays("ani", cache_key(digest, ELEMENTS), build, _check_arrays) if use_cache else build()
     data = ANIData(
         *(torch.from_numpy(np.ascontiguousarray(arrays[f])) for f in _FIELDS),
         molecule_names=[str(s) for s in arrays["molecule_names"]],
@@ -85,5 +101,5 @@ def load_dataset(
         note = ""
         if used == FALLBACK_DATASET and name != FALLBACK_DATASET:
             note = f" — ANI-1 was not available, so this is the book's own bundled set, not {name}"
-        print(f"Data set: {label} ({len(data):,} conformations) from {file}{note}")
+        print(f"Data set: {label} ({len(data):,} conformations) from {Path(file).name}{note}")
     return data

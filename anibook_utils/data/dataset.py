@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from .constants import ELEMENTS
 from .errors import EmptySelectionError
-
-ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O")
-"""Element order of the species indices: H=0, C=1, N=2, O=3 (padding is -1)."""
-
-PADDING = -1
 
 
 _IUPAC_SEQUENCE = ("B", "Si", "C", "P", "N", "H", "S", "Cl", "O", "F")
@@ -48,9 +45,23 @@ class ANIData:
     source: str = ""
     source_sha256: str = ""
     name: str = ""
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
+
+    def fingerprint(self) -> str:
+        """A short hash of the conformations themselves (species, coordinates, energies) and
+        the file they came from: equal for equal data, whatever the object. Caches, checkpoints
+        and experiment tables use it to recognise a data set. Computed once per object; the
+        tensors are not meant to be changed in place."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.source_sha256.encode())
+            for tensor in (self.species, self.coordinates, self.energies):
+                digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:24]
+        return self._fingerprint
 
     @property
     def num_atoms(self) -> torch.Tensor:

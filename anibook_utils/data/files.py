@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -20,6 +19,7 @@ from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
 from .errors import ChecksumMismatchError, DataFileNotFoundError, DownloadError
 from .registry import DEFAULT_DATASET, FALLBACK_DATASET, DatasetInfo, dataset_info
 
@@ -179,6 +179,10 @@ def fetch_dataset(
         return target
     if info.archive_member is None:
         raise DownloadError(f"{info.name} has no download source; it ships with the repository.")
+    if os.environ.get(OFFLINE_ENV, "0") == "1":
+        raise DownloadError(
+            f"{info.filename} is not in {dest.name}/ and {OFFLINE_ENV}=1 forbids downloads. Unset "
+            f"{OFFLINE_ENV} to download it, or set {DATA_DIR_ENV} to the folder that already holds it.")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -187,20 +191,16 @@ def fetch_dataset(
             f"Set {DATA_DIR_ENV} to a writable folder."
         ) from exc
     url = url or info.source_url
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=dest)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(handle, "wb") as out:
-            _stream_member(url, info.archive_member, out, timeout, progress)
-        verify_checksum(tmp, info)
-        os.replace(tmp, target)
+        with atomic_write(target) as tmp:
+            with open(tmp, "wb") as out:
+                _stream_member(url, info.archive_member, out, timeout, progress)
+            verify_checksum(tmp, info)
     except ChecksumMismatchError as exc:
         raise DownloadError(
             f"The download of {info.filename} from {url} did not match its checksum "
             f"(the transfer was corrupted or cut short); nothing was kept. Try again. {exc}"
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

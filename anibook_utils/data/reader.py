@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import torch
 
-from .dataset import ELEMENTS, PADDING, ANIData, formula
+from .constants import ELEMENTS, PADDING
+from .dataset import ANIData, formula
 from .errors import (
     EmptySelectionError,
     MalformedGroupError,
@@ -21,6 +22,7 @@ from .errors import (
     NotHDF5Error,
     UnsupportedElementError,
 )
+from .registry import DATASETS
 
 REQUIRED = ("species", "coordinates", "energies")
 
@@ -40,16 +42,35 @@ def _molecule_groups(handle: h5py.File) -> list[str]:
     return sorted(found)
 
 
+ANI1X_MARKERS = ("atomic_numbers", "wb97x_dz.energy", "wb97x_tz.energy", "ccsd(t)_cbs.energy")
+"""Dataset names of the ANI-1x / ANI-2x layout, which this reader does not read."""
+
+
 def _read_group(group: h5py.Group, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    if any(k in group for k in ANI1X_MARKERS):
+        raise MalformedGroupError(
+            f"Group {name!r} is in the ANI-1x/ANI-2x layout ('atomic_numbers' and energies under names "
+            "such as 'wb97x_dz.energy'), not the ANI-1 layout this reader reads ('species', 'coordinates', "
+            "'energies'). Load such files with torchani.datasets.ANIDataset (chapter 10).")
     missing = [k for k in REQUIRED if k not in group]
     if missing:
         raise MalformedGroupError(
             f"Group {name!r} lacks {missing}: each molecule group needs 'species', "
             "'coordinates' and 'energies'. Fix or remove the group in the file."
         )
-    symbols = _decode(np.asarray(group["species"][()]).reshape(-1))
+    raw_species = np.asarray(group["species"][()]).reshape(-1)
+    if np.issubdtype(raw_species.dtype, np.number):
+        raise UnsupportedElementError(
+            f"Group {name!r}: 'species' holds numbers {raw_species[:6].tolist()}, probably atomic numbers; "
+            "the ANI-1 layout stores element symbols (b'C', b'H', ...). Write the symbols instead, e.g. "
+            "with {1: 'H', 6: 'C', 7: 'N', 8: 'O'}.")
+    symbols = _decode(raw_species)
     coordinates = np.asarray(group["coordinates"][()], dtype=np.float32)
     energies = np.asarray(group["energies"][()], dtype=np.float64)
+    if coordinates.ndim >= 1 and coordinates.shape[0] == 0:
+        raise MalformedGroupError(
+            f"Group {name!r} holds no conformations (its 'coordinates' and 'energies' are empty). "
+            "Remove the group from the file, or write its conformations.")
     n_atoms = len(symbols)
     if coordinates.ndim != 3 or coordinates.shape[1:] != (n_atoms, 3):
         raise MalformedGroupError(
@@ -77,6 +98,13 @@ def _read_group(group: h5py.Group, name: str) -> tuple[list[str], np.ndarray, np
     return symbols, coordinates, energies
 
 
+def _advice(path: Path) -> str:
+    """What to do about an unreadable file: fetch a registered file again, never delete a user's own."""
+    if path.name in {info.filename for info in DATASETS.values()}:
+        return f"If it is the book's {path.name}, delete it and run `python -m anibook_utils fetch-data` again."
+    return "Check how it was written (or copied): the book does not delete or change it."
+
+
 def read_ani_h5(path: str | os.PathLike, sha256: str = "") -> ANIData:
     """Read every molecule group of an ANI-1 HDF5 file into an :class:`ANIData`."""
     path = Path(path)
@@ -84,8 +112,8 @@ def read_ani_h5(path: str | os.PathLike, sha256: str = "") -> ANIData:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise NotHDF5Error(
-            f"{path} is not a readable HDF5 file ({exc}). It may be truncated or not an "
-            "ANI-1 file: delete it and run `python -m anibook_utils fetch-data` again."
+            f"{path.name} is not a readable HDF5 file ({exc}); it may be truncated or not an "
+            f"ANI-1 file. {_advice(path)}"
         ) from exc
     rows: list[tuple[list[str], np.ndarray, np.ndarray]] = []
     names: list[str] = []
@@ -96,12 +124,11 @@ def read_ani_h5(path: str | os.PathLike, sha256: str = "") -> ANIData:
                 names.append(name)
     except (OSError, KeyError, ValueError) as exc:
         raise NotHDF5Error(
-            f"{path} could not be read to the end ({exc}); it is probably truncated. Delete "
-            "it and run `python -m anibook_utils fetch-data` again."
+            f"{path.name} could not be read to the end ({exc}); it is probably truncated. {_advice(path)}"
         ) from exc
     if not rows:
         raise EmptySelectionError(
-            f"{path} holds no molecule groups (groups with 'species', 'coordinates' and "
+            f"{path.name} holds no molecule groups (groups with 'species', 'coordinates' and "
             "'energies'). Is it an ANI-1 file?"
         )
     width = max(len(s) for s, _, _ in rows)
