@@ -18,6 +18,7 @@ imported only when a function here needs it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -643,6 +644,98 @@ def add_forces(path: str | os.PathLike, checkpoint_every: int = 25, progress: bo
     sidecar.unlink(missing_ok=True)
     return ForceReport(path=path, conformations=total, computed=computed,
                        max_energy_difference=worst, resumed=resumed)
+
+
+@dataclass
+class LabelledGroup:
+    """Conformations of one molecule to label: element symbols, (n, A, 3) Å coordinates, and
+    attributes to store on the group (e.g. how they were made)."""
+
+    species: list[str]
+    coordinates: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def label_conformations(
+    output: str | os.PathLike, groups: dict[str, LabelledGroup], name: str, provenance: dict[str, Any],
+    level: LevelOfTheory = ANI1_LEVEL, checkpoint_every: int = 25, progress: bool = True,
+) -> Path:
+    """Label given conformations with single points and write them in the ANI-1 layout (chapter 11).
+
+    ``groups`` maps group names to :class:`LabelledGroup`; the file holds
+    ``<name>/<group>/{species, coordinates, energies}`` with each group's ``attrs`` and the file's
+    ``provenance`` attributes (the level of theory is added). Resumable like
+    :func:`generate_dataset`: progress goes to ``<output>.progress.h5`` every
+    ``checkpoint_every`` single points (and on any interruption), keyed by a hash of the inputs;
+    conformations whose SCF fails are dropped and counted (``failed_scf``).
+    """
+    from tqdm.auto import tqdm
+
+    output, sidecar = Path(output), progress_path(output)
+    digest = hashlib.sha256(json.dumps([name, asdict(level)], sort_keys=True).encode())
+    for key, group in groups.items():
+        digest.update(key.encode() + "".join(group.species).encode())
+        digest.update(np.ascontiguousarray(group.coordinates, dtype=np.float32).tobytes())
+    params = digest.hexdigest()
+    energies = {k: np.full(len(g.coordinates), np.nan) for k, g in groups.items()}
+    done = {k: np.zeros(len(g.coordinates), bool) for k, g in groups.items()}
+    if sidecar.is_file():
+        with h5py.File(sidecar, "r") as f:
+            if f.attrs.get("params") != params:
+                raise GenerationMismatchError(
+                    f"{sidecar.name} holds the progress of another labelling; delete it to start over.")
+            for key in groups:
+                energies[key], done[key] = f[key]["energies"][()], f[key]["done"][()]
+
+    def save() -> None:
+        def write(out: h5py.File) -> None:
+            out.attrs["params"] = params
+            for key in groups:
+                out.create_dataset(f"{key}/energies", data=energies[key])
+                out.create_dataset(f"{key}/done", data=done[key])
+        _write_atomic(sidecar, write)
+
+    require_pyscf()
+    bar = tqdm(total=sum(len(d) for d in done.values()), initial=sum(int(d.sum()) for d in done.values()),
+               desc="single points", disable=not progress)
+    computed = 0
+    try:
+        for key, group in groups.items():
+            xyz = np.asarray(group.coordinates, dtype=np.float32)
+            for i in np.flatnonzero(~done[key]):
+                try:
+                    energies[key][i] = single_point(group.species, xyz[i], level).energy
+                except SCFConvergenceError:
+                    energies[key][i] = np.nan
+                done[key][i] = True
+                computed += 1
+                bar.update(1)
+                if computed % checkpoint_every == 0:
+                    save()
+        bar.close()
+    except BaseException:
+        save()
+        raise
+
+    def write(out: h5py.File) -> None:
+        for attr, value in {**provenance, "method": level.method, "basis": level.basis, "cart": bool(level.cart),
+                            "grid_level": level.grid_level, "conv_tol": level.conv_tol,
+                            "energy_unit": "Hartree", "coordinate_unit": "Angstrom",
+                            "versions": json.dumps(_versions(), sort_keys=True)}.items():
+            out.attrs[attr] = value
+        root = out.create_group(name)
+        options = dict(compression="gzip", compression_opts=9, shuffle=True, track_times=False)
+        for key, group in groups.items():
+            keep = np.isfinite(energies[key])
+            g = root.create_group(key)
+            g.attrs.update({**group.attrs, "formula": formula(group.species), "failed_scf": int((~keep).sum())})
+            g.create_dataset("species", data=np.array(group.species, dtype="S"), track_times=False)
+            g.create_dataset("coordinates", data=np.asarray(group.coordinates, dtype=np.float32)[keep], **options)
+            g.create_dataset("energies", data=energies[key][keep], **options)
+
+    _write_atomic(output, write)
+    sidecar.unlink(missing_ok=True)
+    return output
 
 
 # --------------------------------------------------------------------------------------
