@@ -26,7 +26,7 @@ from .data import HARTREE_TO_KCAL, ANIData
 from .models import ElementBuckets, MaskedANIModel, flush_tiny
 from .self_energy import unshift_energies
 
-__all__ = ["FEEDS", "Feeder", "energy_metrics", "evaluate", "predict_energies", "prepare_buckets",
+__all__ = ["FEEDS", "FeedError", "Feeder", "energy_metrics", "evaluate", "force_metrics", "predict_energies", "prepare_buckets",
            "supports_buckets"]
 
 FEEDS = ("buckets", "padded", "in_step")
@@ -85,6 +85,7 @@ class Feeder:
         else:
             self.coordinates = data.coordinates.to(device)
             self.computer = aev_computer(aev_constants, device=device)
+            self.forces = data.forces.to(device) if data.forces is not None else None
 
     def ordered(self, order: Tensor | None = None) -> Callable[[int, int], Tensor]:
         """A function ``(start, stop) -> energies`` of conformations ``order[start:stop]``.
@@ -111,6 +112,43 @@ class Feeder:
             return model(species, aevs)
         return in_step
 
+    def with_forces(self, order: Tensor | None = None) -> Callable[[int, int, bool], tuple[Tensor, Tensor]]:
+        """A function ``(start, stop, create_graph) -> (energies, forces)`` of conformations
+        ``order[start:stop]`` (feed ``"in_step"`` only): the AEVs are computed from coordinates
+        that require a gradient, and the forces are ``-dE/dx`` by autograd through them. With
+        ``create_graph`` the forces themselves can be differentiated (training on forces)."""
+        if self.feed != "in_step":
+            raise FeedError(f"Forces need the AEVs computed in the step: use feed='in_step', not {self.feed!r}.")
+        model = self.model
+        index = order if order is not None else torch.arange(self.n, device=self.species.device)
+
+        def step(start: int, stop: int, create_graph: bool) -> tuple[Tensor, Tensor]:
+            rows = index[start:stop]
+            species = self.species.index_select(0, rows)
+            coordinates = self.coordinates.index_select(0, rows).requires_grad_(True)
+            with torch.enable_grad():
+                energies = model(species, self.computer(species, coordinates))
+                (gradient,) = torch.autograd.grad(energies.sum(), coordinates, create_graph=create_graph)
+            return energies, -gradient
+        return step
+
+    def target_forces(self, order: Tensor | None = None) -> Tensor:
+        """The reference forces (Hartree/Å) in ``order`` (all conformations if None)."""
+        if getattr(self, "forces", None) is None:
+            raise FeedError("This data set has no forces: load a file with a 'forces' dataset in every group.")
+        return self.forces if order is None else self.forces.index_select(0, order)
+
+    def predict_all_with_forces(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Energies and forces of every conformation (eval mode; gradients only for the forces)."""
+        was_training = self.model.training
+        self.model.eval()
+        step = self.with_forces(None)
+        try:
+            parts = [step(s, min(s + batch_size, self.n), False) for s in range(0, self.n, batch_size)]
+        finally:
+            self.model.train(was_training)
+        return torch.cat([e.detach() for e, _ in parts]), torch.cat([f.detach() for _, f in parts])
+
     def predict_all(self, batch_size: int) -> Tensor:
         """Energies of every conformation (eval mode, no gradients)."""
         was_training = self.model.training
@@ -132,6 +170,14 @@ def energy_metrics(errors_hartree: Tensor) -> tuple[float, float]:
     return rmse, mae
 
 
+def force_metrics(errors: Tensor, species: Tensor) -> tuple[float, float]:
+    """RMSE and MAE per force component in kcal/mol/Å of force errors in Hartree/Å (padding left out)."""
+    real = (species >= 0).unsqueeze(-1).expand_as(errors)
+    components = errors.double()[real]
+    return (float(components.pow(2).mean().sqrt()) * HARTREE_TO_KCAL,
+            float(components.abs().mean()) * HARTREE_TO_KCAL)
+
+
 def predict_energies(model: torch.nn.Module, data: ANIData, self_energies: Tensor,
                      aev_constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS,
                      batch_size: int = 8192) -> Tensor:
@@ -143,7 +189,13 @@ def predict_energies(model: torch.nn.Module, data: ANIData, self_energies: Tenso
 
 
 def evaluate(model: torch.nn.Module, data: ANIData, self_energies: Tensor,
-             aev_constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS) -> dict[str, float]:
-    """``{"rmse": ..., "mae": ...}`` of ``model`` on ``data`` in kcal/mol."""
+             aev_constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS, batch_size: int = 2048) -> dict[str, float]:
+    """``{"rmse": ..., "mae": ...}`` of ``model``'s energies on ``data`` in kcal/mol; with forces in
+    ``data`` also ``force_rmse`` and ``force_mae`` per component in kcal/mol/Å."""
     rmse, mae = energy_metrics(predict_energies(model, data, self_energies, aev_constants) - data.energies.double())
-    return {"rmse": rmse, "mae": mae}
+    metrics = {"rmse": rmse, "mae": mae}
+    if data.forces is not None:
+        device = next(model.parameters()).device
+        _, forces = Feeder(model, data, "in_step", device, aev_constants).predict_all_with_forces(batch_size)
+        metrics["force_rmse"], metrics["force_mae"] = force_metrics(forces.cpu() - data.forces, data.species)
+    return metrics

@@ -45,7 +45,7 @@ from .aev import COURSE_AEV_CONSTANTS, aev_length
 from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LATEST, CheckpointMismatchError,
                           check_architecture, load_file, save_checkpoint)
 from .data import HARTREE_TO_KCAL, ANIData
-from .feeding import FEEDS, Feeder, energy_metrics, evaluate, predict_energies, supports_buckets
+from .feeding import FEEDS, Feeder, energy_metrics, evaluate, force_metrics, predict_energies, supports_buckets
 from .history import History
 from .models import ArchitectureSpec, MaskedANIModel, build_model
 from .potential import ANIPotential
@@ -120,6 +120,9 @@ class TrainConfig:
     Target: ``loss`` (:data:`LOSSES`) on energies minus self energies; with ``standardize``
     the model's output is scaled by the training targets' standard deviation, so the
     networks learn numbers of order one (the trained model still outputs Hartree).
+    ``force_weight`` (Å², default 0: energies only) adds that multiple of the forces' mean
+    squared component error to the loss (chapter 9); forces are ``-dE/dx`` by autograd
+    through the AEVs, so it needs ``feed="in_step"`` and data with forces.
 
     Stopping: ``early_stopping`` (epochs without the validation RMSE improving by more than
     ``min_improvement`` kcal/mol), ``max_time`` (seconds of training; checked after each
@@ -153,6 +156,7 @@ class TrainConfig:
     max_time: float | None = None
     target_val_rmse: float | None = None
     restore_best: bool = True
+    force_weight: float = 0.0
     seed: int = 0
     device: str = "auto"
     feed: str = "buckets"
@@ -188,6 +192,10 @@ class TrainConfig:
         for name in ("standardize", "restore_best", "exact_train_metrics"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        _check_number("force_weight (Å²)", self.force_weight, 0)
+        if self.force_weight > 0 and self.feed != "in_step":
+            raise ConfigError(f"force_weight={self.force_weight} trains on forces, which need the AEVs computed in "
+                              f"the step: set feed='in_step' (not {self.feed!r}).")
         _check_integer("seed", self.seed, low=0)
         _check_device(self.device)
         return self
@@ -502,6 +510,7 @@ class _Targets:
     val: Tensor
     sqrt_atoms: Tensor
     unit: float
+    atoms: Tensor
 
 
 def _targets(model: torch.nn.Module, train_data: ANIData, val_data: ANIData, self_energies: Tensor,
@@ -512,31 +521,44 @@ def _targets(model: torch.nn.Module, train_data: ANIData, val_data: ANIData, sel
     if standardize and hasattr(model, "output_scale"):
         model.output_scale.fill_(float(train_targets.std()))
     unit = float(model.output_scale) if hasattr(model, "output_scale") else 1.0
+    atoms = train_data.num_atoms.to(device, torch.float32)
     return _Targets(train_targets.to(device, torch.float32),
                     shift_energies(val_data, self_energies=self_energies).to(device, torch.float32),
-                    train_data.num_atoms.to(device, torch.float32).sqrt(), unit)
+                    atoms.sqrt(), unit, atoms)
 
 
 def _train_epoch(feed: Feeder, targets: _Targets, opt: _Optimisation, config: TrainConfig,
                  stop_event: Any) -> dict[str, float]:
-    """One pass over the shuffled training set; the training RMSE, MAE and mean loss."""
-    n = feed.n
+    """One pass over the shuffled training set; the training RMSE, MAE and mean loss (and the
+    force RMSE when training on forces)."""
+    n, forces = feed.n, config.force_weight > 0
     device = targets.train.device
     order = torch.randperm(n, generator=opt.shuffle).to(device)
-    predict = feed.ordered(order)
+    predict = feed.with_forces(order) if forces else feed.ordered(order)
     y_epoch = targets.train.index_select(0, order)
     w_epoch = targets.sqrt_atoms.index_select(0, order)
-    sum_sq, sum_abs, sum_loss = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
+    if forces:
+        f_epoch, a_epoch = feed.target_forces(order), targets.atoms.index_select(0, order)
+    sum_sq, sum_abs, sum_loss, sum_force = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(4))
     for start in range(0, n, config.batch_size):
         stop = min(start + config.batch_size, n)
-        error = (predict(start, stop) - y_epoch[start:stop]) / targets.unit
+        if forces:
+            energies, predicted_forces = predict(start, stop, True)
+        else:
+            energies = predict(start, stop)
+        error = (energies - y_epoch[start:stop]) / targets.unit
         loss = error.pow(2).mean() if config.loss == "mse" else (error.pow(2) / w_epoch[start:stop]).mean()
+        if forces:
+            force_error = (predicted_forces - f_epoch[start:stop]) / targets.unit  # zero at padding
+            loss = loss + config.force_weight * (force_error.pow(2).sum(dim=(1, 2)) / (3 * a_epoch[start:stop])).mean()
         opt.step(loss)
         with torch.no_grad():
             e = error.detach().double()
             sum_sq += e.pow(2).sum()
             sum_abs += e.abs().sum()
             sum_loss += loss.detach().double() * (stop - start)
+            if forces:
+                sum_force += force_error.detach().double().pow(2).sum()
         if _should_stop(stop_event):
             raise _StopRequested
     if config.exact_train_metrics:
@@ -544,16 +566,29 @@ def _train_epoch(feed: Feeder, targets: _Targets, opt: _Optimisation, config: Tr
     else:
         rmse = math.sqrt(float(sum_sq) / n) * targets.unit * HARTREE_TO_KCAL
         mae = float(sum_abs) / n * targets.unit * HARTREE_TO_KCAL
-    return {"train_rmse": rmse, "train_mae": mae, "loss": float(sum_loss) / n}
+    metrics = {"train_rmse": rmse, "train_mae": mae, "loss": float(sum_loss) / n}
+    if forces:
+        components = 3 * float(targets.atoms.sum())
+        metrics["train_force_rmse"] = math.sqrt(float(sum_force) / components) * targets.unit * HARTREE_TO_KCAL
+    return metrics
 
 
 def _validation_metrics(feed: Feeder, targets: _Targets, config: TrainConfig, epoch: int) -> dict[str, float]:
-    rmse, mae = energy_metrics(feed.predict_all(config.eval_batch_size).double() - targets.val.double())
+    forces = config.force_weight > 0
+    if forces:
+        energies, predicted_forces = feed.predict_all_with_forces(config.eval_batch_size)
+    else:
+        energies = feed.predict_all(config.eval_batch_size)
+    rmse, mae = energy_metrics(energies.double() - targets.val.double())
     if not math.isfinite(rmse):
         raise FloatingPointError(
             f"The validation error became {rmse} at epoch {epoch}: training diverged. "
             "Lower the learning rate (lr) or enable standardize=True.")
-    return {"val_rmse": rmse, "val_mae": mae}
+    metrics = {"val_rmse": rmse, "val_mae": mae}
+    if forces:
+        metrics["val_force_rmse"], metrics["val_force_mae"] = force_metrics(
+            predicted_forces - feed.target_forces(), feed.species)
+    return metrics
 
 
 def _stop_reason(config: TrainConfig, run: _RunState) -> str | None:
@@ -723,6 +758,9 @@ def train(
     elif self_energies is None:
         self_energies = fit_self_energies(train_data, warn=False).as_tensor()
     self_energies = torch.as_tensor(self_energies, dtype=torch.float64).cpu()
+    if config.force_weight > 0 and (train_data.forces is None or val_data.forces is None):
+        raise ConfigError(f"force_weight={config.force_weight} needs forces in the training and validation data; "
+                          "these sets have none (load a file with forces, e.g. the bundled anibook_nms_s01).")
     if config.feed == "buckets" and not supports_buckets(model):
         raise ConfigError(f"feed='buckets' needs a MaskedANIModel; {type(model).__name__} only has a padded "
                           "forward(species, aevs): pass TrainConfig(feed='padded') (or 'in_step').")

@@ -60,6 +60,8 @@ def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
         raise ValueError("species indices out of range")
     if not (np.isfinite(energies).all() and np.isfinite(coordinates).all()):
         raise ValueError("non-finite values")
+    if "forces" in arrays and (arrays["forces"].shape != coordinates.shape or not np.isfinite(arrays["forces"]).all()):
+        raise ValueError("forces inconsistent with the coordinates")
 
 
 def load_dataset(
@@ -86,6 +88,8 @@ def load_dataset(
         arrays = {f: getattr(data, f).numpy() for f in _FIELDS}
         arrays["molecule_names"] = np.array(data.molecule_names)
         arrays["groups"] = np.array(data.groups)
+        if data.forces is not None:
+            arrays["forces"] = data.forces.numpy()
         return arrays
 
     arrays = cached_arrays("ani", cache_key(digest, ELEMENTS), build, _check_arrays) if use_cache else build()
@@ -96,6 +100,7 @@ def load_dataset(
         source=str(file),
         source_sha256=digest,
         name=label,
+        forces=torch.from_numpy(np.ascontiguousarray(arrays["forces"])) if "forces" in arrays else None,
     )
     if verbose:
         note = ""

@@ -33,7 +33,9 @@ class ANIData:
 
     ``species`` (N, A) int64 element indices in :data:`ELEMENTS` order, ``-1`` for padding;
     ``coordinates`` (N, A, 3) float32 in Å (zero at padding); ``energies`` (N,) float64 in
-    Hartree; ``molecule_ids`` (N,) int64 indexing ``molecule_names``/``groups``.
+    Hartree; ``molecule_ids`` (N,) int64 indexing ``molecule_names``/``groups``; ``forces``
+    (N, A, 3) float32 in Hartree/Å (minus the energy's gradient; zero at padding) when the file
+    has them, else None.
     """
 
     species: torch.Tensor
@@ -45,19 +47,22 @@ class ANIData:
     source: str = ""
     source_sha256: str = ""
     name: str = ""
+    forces: torch.Tensor | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
 
     def fingerprint(self) -> str:
-        """A short hash of the conformations themselves (species, coordinates, energies) and
+        """A short hash of the conformations themselves (species, coordinates, energies, forces) and
         the file they came from: equal for equal data, whatever the object. Caches, checkpoints
         and experiment tables use it to recognise a data set. Computed once per object; the
         tensors are not meant to be changed in place."""
         if self._fingerprint is None:
             digest = hashlib.sha256(self.source_sha256.encode())
-            for tensor in (self.species, self.coordinates, self.energies):
+            for tensor in (self.species, self.coordinates, self.energies, self.forces):
+                if tensor is None:
+                    continue
                 digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:24]
@@ -88,7 +93,12 @@ class ANIData:
             source=self.source,
             source_sha256=self.source_sha256,
             name=self.name,
+            forces=None if self.forces is None else self.forces[index, :width].contiguous(),
         )
+
+    @property
+    def has_forces(self) -> bool:
+        return self.forces is not None
 
     def select_molecules(self, names: Sequence[str]) -> "ANIData":
         """Only the conformations of the named molecules (formulas such as ``'CH4'``)."""
@@ -120,5 +130,5 @@ class ANIData:
         return ANIData(
             self.species.to(device), self.coordinates.to(device), self.energies.to(device),
             self.molecule_ids.to(device), self.molecule_names, self.groups, self.source,
-            self.source_sha256, self.name,
+            self.source_sha256, self.name, None if self.forces is None else self.forces.to(device),
         )

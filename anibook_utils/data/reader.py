@@ -46,7 +46,27 @@ ANI1X_MARKERS = ("atomic_numbers", "wb97x_dz.energy", "wb97x_tz.energy", "ccsd(t
 """Dataset names of the ANI-1x / ANI-2x layout, which this reader does not read."""
 
 
-def _read_group(group: h5py.Group, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+Row = tuple[list[str], np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+def _read_forces(group: h5py.Group, name: str, coordinates: np.ndarray) -> np.ndarray | None:
+    """The group's ``forces`` (Hartree/Å, minus the gradient), checked like the coordinates; None if absent."""
+    if "forces" not in group:
+        return None
+    forces = np.asarray(group["forces"][()], dtype=np.float32)
+    if forces.shape != coordinates.shape:
+        raise MalformedGroupError(
+            f"Group {name!r}: 'forces' has shape {forces.shape}, expected {coordinates.shape} like its "
+            "'coordinates' (one force vector per atom, in Hartree/Å).")
+    bad = ~np.isfinite(forces.reshape(forces.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise NonFiniteValueError(
+            f"Group {name!r}: {int(bad.sum())} conformation(s) have NaN or infinite forces (first at index "
+            f"{int(np.argmax(bad))}). Drop them from the file.")
+    return forces
+
+
+def _read_group(group: h5py.Group, name: str) -> Row:
     if any(k in group for k in ANI1X_MARKERS):
         raise MalformedGroupError(
             f"Group {name!r} is in the ANI-1x/ANI-2x layout ('atomic_numbers' and energies under names "
@@ -95,7 +115,7 @@ def _read_group(group: h5py.Group, name: str) -> tuple[list[str], np.ndarray, np
                 f"Group {name!r}: {int(bad.sum())} conformation(s) have NaN or infinite "
                 f"{label} (first at index {int(np.argmax(bad))}). Drop them from the file."
             )
-    return symbols, coordinates, energies
+    return symbols, coordinates, energies, _read_forces(group, name, coordinates)
 
 
 def _advice(path: Path) -> str:
@@ -115,7 +135,7 @@ def read_ani_h5(path: str | os.PathLike, sha256: str = "") -> ANIData:
             f"{path.name} is not a readable HDF5 file ({exc}); it may be truncated or not an "
             f"ANI-1 file. {_advice(path)}"
         ) from exc
-    rows: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+    rows: list[Row] = []
     names: list[str] = []
     try:
         with handle:
@@ -131,17 +151,26 @@ def read_ani_h5(path: str | os.PathLike, sha256: str = "") -> ANIData:
             f"{path.name} holds no molecule groups (groups with 'species', 'coordinates' and "
             "'energies'). Is it an ANI-1 file?"
         )
-    width = max(len(s) for s, _, _ in rows)
-    total = sum(c.shape[0] for _, c, _ in rows)
+    return _pad(rows, names, path, sha256)
+
+
+def _pad(rows: list[Row], names: list[str], path: Path, sha256: str) -> ANIData:
+    """Stack the molecules' conformations into padded tensors (forces only when every group has them)."""
+    width = max(len(r[0]) for r in rows)
+    total = sum(r[1].shape[0] for r in rows)
+    with_forces = all(r[3] is not None for r in rows)
     species = np.full((total, width), PADDING, dtype=np.int64)
     coordinates = np.zeros((total, width, 3), dtype=np.float32)
+    forces = np.zeros((total, width, 3), dtype=np.float32) if with_forces else None
     energies = np.empty(total, dtype=np.float64)
     molecule_ids = np.empty(total, dtype=np.int64)
     start = 0
-    for mol, (symbols, coords, energy) in enumerate(rows):
+    for mol, (symbols, coords, energy, force) in enumerate(rows):
         stop = start + coords.shape[0]
         species[start:stop, : len(symbols)] = [ELEMENTS.index(s) for s in symbols]
         coordinates[start:stop, : len(symbols)] = coords
+        if forces is not None:
+            forces[start:stop, : len(symbols)] = force
         energies[start:stop] = energy
         molecule_ids[start:stop] = mol
         start = stop
@@ -150,8 +179,9 @@ def read_ani_h5(path: str | os.PathLike, sha256: str = "") -> ANIData:
         coordinates=torch.from_numpy(coordinates),
         energies=torch.from_numpy(energies),
         molecule_ids=torch.from_numpy(molecule_ids),
-        molecule_names=[formula(s) for s, _, _ in rows],
+        molecule_names=[formula(r[0]) for r in rows],
         groups=names,
         source=str(path),
         source_sha256=sha256,
+        forces=None if forces is None else torch.from_numpy(forces),
     )
