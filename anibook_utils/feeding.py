@@ -72,6 +72,9 @@ class Feeder:
         if feed not in FEEDS:
             raise FeedError(f"Unknown feed {feed!r}: choose one of {FEEDS}.")
         self.model, self.n, self.feed = model, len(data), feed
+        # what training predictions call: the model itself, or (several processes) a DistributedDataParallel
+        # wrapper of anibook_utils.distributed.ModelStep, set by the engine
+        self.forward: Callable[..., Tensor] = model.forward_batch if feed == "buckets" else model
         if feed == "buckets":
             if not supports_buckets(model):
                 raise FeedError(
@@ -93,15 +96,15 @@ class Feeder:
         With buckets the rows are gathered here, once (per epoch), and each batch is a set of
         views; the other feeds index the padded tensors in each call.
         """
-        model = self.model
+        forward = self.forward
         if self.feed == "buckets":
             buckets = self.buckets if order is None else self.buckets.select(order)
-            return lambda start, stop: model.forward_batch(buckets.slice(start, stop))
+            return lambda start, stop: forward(buckets.slice(start, stop))
         index = order if order is not None else torch.arange(self.n, device=self.species.device)
         if self.feed == "padded":
             def padded(start: int, stop: int) -> Tensor:
                 rows = index[start:stop]
-                return model(self.species.index_select(0, rows), self.aevs.index_select(0, rows))
+                return forward(self.species.index_select(0, rows), self.aevs.index_select(0, rows))
             return padded
 
         def in_step(start: int, stop: int) -> Tensor:
@@ -109,7 +112,7 @@ class Feeder:
             species = self.species.index_select(0, rows)
             with torch.no_grad():
                 aevs = self.computer(species, self.coordinates.index_select(0, rows))
-            return model(species, aevs)
+            return forward(species, aevs)
         return in_step
 
     def with_forces(self, order: Tensor | None = None) -> Callable[[int, int, bool], tuple[Tensor, Tensor]]:
@@ -119,7 +122,7 @@ class Feeder:
         ``create_graph`` the forces themselves can be differentiated (training on forces)."""
         if self.feed != "in_step":
             raise FeedError(f"Forces need the AEVs computed in the step: use feed='in_step', not {self.feed!r}.")
-        model = self.model
+        forward = self.forward
         index = order if order is not None else torch.arange(self.n, device=self.species.device)
 
         def step(start: int, stop: int, create_graph: bool) -> tuple[Tensor, Tensor]:
@@ -127,7 +130,7 @@ class Feeder:
             species = self.species.index_select(0, rows)
             coordinates = self.coordinates.index_select(0, rows).requires_grad_(True)
             with torch.enable_grad():
-                energies = model(species, self.computer(species, coordinates))
+                energies = forward(species, self.computer(species, coordinates))
                 (gradient,) = torch.autograd.grad(energies.sum(), coordinates, create_graph=create_graph)
             return energies, -gradient
         return step
@@ -140,25 +143,29 @@ class Feeder:
 
     def predict_all_with_forces(self, batch_size: int) -> tuple[Tensor, Tensor]:
         """Energies and forces of every conformation (eval mode; gradients only for the forces)."""
-        was_training = self.model.training
+        was_training, forward = self.model.training, self.forward
         self.model.eval()
+        self.forward = self.model  # no DDP here
         step = self.with_forces(None)
         try:
             parts = [step(s, min(s + batch_size, self.n), False) for s in range(0, self.n, batch_size)]
         finally:
             self.model.train(was_training)
+            self.forward = forward
         return torch.cat([e.detach() for e, _ in parts]), torch.cat([f.detach() for _, f in parts])
 
     def predict_all(self, batch_size: int) -> Tensor:
         """Energies of every conformation (eval mode, no gradients)."""
-        was_training = self.model.training
+        was_training, forward = self.model.training, self.forward
         self.model.eval()
+        self.forward = self.model.forward_batch if self.feed == "buckets" else self.model  # no DDP here
         predict = self.ordered(None)
         try:
             with torch.no_grad():
                 parts = [predict(s, min(s + batch_size, self.n)) for s in range(0, self.n, batch_size)]
         finally:
             self.model.train(was_training)
+            self.forward = forward
         return torch.cat(parts)
 
 

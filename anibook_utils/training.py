@@ -45,6 +45,7 @@ from .aev import COURSE_AEV_CONSTANTS, aev_length
 from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LATEST, CheckpointMismatchError,
                           check_architecture, load_file, save_checkpoint)
 from .data import HARTREE_TO_KCAL, ANIData
+from .distributed import Distributed
 from .feeding import FEEDS, Feeder, energy_metrics, evaluate, force_metrics, predict_energies, supports_buckets
 from .history import History
 from .models import ArchitectureSpec, MaskedANIModel, build_model
@@ -468,6 +469,13 @@ def _should_stop(stop_event: Any) -> bool:
     return bool(stop_event())
 
 
+def _stop_requested(stop_event: Any, distributed: Distributed | None) -> bool:
+    """A stop event (or, with several processes, Ctrl-C or a stop event on any rank)."""
+    if distributed is None:
+        return _should_stop(stop_event)
+    return distributed.any(_should_stop(stop_event) or distributed.interrupted)
+
+
 def _cpu(obj: Any) -> Any:
     if isinstance(obj, Tensor):
         return obj.detach().to("cpu")
@@ -527,21 +535,42 @@ def _targets(model: torch.nn.Module, train_data: ANIData, val_data: ANIData, sel
                     atoms.sqrt(), unit, atoms)
 
 
+def _epoch_plan(order: Tensor, batch_size: int, distributed: Distributed | None) -> tuple[Tensor, list]:
+    """This process's rows of the shuffled epoch, and per batch ``(start, stop, rows in the whole
+    batch)`` into them; with several processes each takes its shard of every global batch."""
+    n = len(order)
+    if distributed is None:
+        return order, [(s, min(s + batch_size, n), min(s + batch_size, n) - s) for s in range(0, n, batch_size)]
+    mine, plan, position = [], [], 0
+    for start in range(0, n, batch_size):
+        rows = distributed.shard(order[start:start + batch_size])
+        if len(rows) == 0:  # a last batch smaller than the world: take a row, weigh it 0
+            rows = order[start:start + 1]
+            plan.append((position, position + 1, -1))
+        else:
+            plan.append((position, position + len(rows), min(start + batch_size, n) - start))
+        mine.append(rows)
+        position += len(rows)
+    return torch.cat(mine), plan
+
+
 def _train_epoch(feed: Feeder, targets: _Targets, opt: _Optimisation, config: TrainConfig,
-                 stop_event: Any) -> dict[str, float]:
+                 stop_event: Any, distributed: Distributed | None = None) -> dict[str, float]:
     """One pass over the shuffled training set; the training RMSE, MAE and mean loss (and the
-    force RMSE when training on forces)."""
-    n, forces = feed.n, config.force_weight > 0
+    force RMSE when training on forces). With several processes, each computes its shard of
+    every batch and the metrics are summed over them."""
+    forces = config.force_weight > 0
     device = targets.train.device
-    order = torch.randperm(n, generator=opt.shuffle).to(device)
+    order, plan = _epoch_plan(torch.randperm(feed.n, generator=opt.shuffle).to(device), config.batch_size,
+                              distributed)
     predict = feed.with_forces(order) if forces else feed.ordered(order)
     y_epoch = targets.train.index_select(0, order)
     w_epoch = targets.sqrt_atoms.index_select(0, order)
     if forces:
         f_epoch, a_epoch = feed.target_forces(order), targets.atoms.index_select(0, order)
-    sum_sq, sum_abs, sum_loss, sum_force = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(4))
-    for start in range(0, n, config.batch_size):
-        stop = min(start + config.batch_size, n)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # squared, absolute, loss, force squared, rows
+    world = distributed.world_size if distributed is not None else 1
+    for start, stop, rows in plan:
         if forces:
             energies, predicted_forces = predict(start, stop, True)
         else:
@@ -551,25 +580,30 @@ def _train_epoch(feed: Feeder, targets: _Targets, opt: _Optimisation, config: Tr
         if forces:
             force_error = (predicted_forces - f_epoch[start:stop]) / targets.unit  # zero at padding
             loss = loss + config.force_weight * (force_error.pow(2).sum(dim=(1, 2)) / (3 * a_epoch[start:stop])).mean()
-        opt.step(loss)
-        with torch.no_grad():
-            e = error.detach().double()
-            sum_sq += e.pow(2).sum()
-            sum_abs += e.abs().sum()
-            sum_loss += loss.detach().double() * (stop - start)
-            if forces:
-                sum_force += force_error.detach().double().pow(2).sum()
-        if _should_stop(stop_event):
+        weight = 0.0 if rows < 0 else world * (stop - start) / rows  # DDP averages: N x share of the batch
+        opt.step(loss * weight if world > 1 else loss)
+        if rows >= 0:
+            with torch.no_grad():
+                e = error.detach().double()
+                sums += torch.stack([e.pow(2).sum(), e.abs().sum(), loss.detach().double() * (stop - start),
+                                     force_error.detach().double().pow(2).sum() if forces else e.new_zeros(()),
+                                     e.new_tensor(stop - start)])
+        if _stop_requested(stop_event, distributed):
             raise _StopRequested
+    return _train_metrics(feed, targets, config, sums if distributed is None else distributed.sum(sums))
+
+
+def _train_metrics(feed: Feeder, targets: _Targets, config: TrainConfig, sums: Tensor) -> dict[str, float]:
+    squared, absolute, loss, force_squared, n = (float(v) for v in sums)
     if config.exact_train_metrics:
         rmse, mae = energy_metrics(feed.predict_all(config.eval_batch_size).double() - targets.train.double())
     else:
-        rmse = math.sqrt(float(sum_sq) / n) * targets.unit * HARTREE_TO_KCAL
-        mae = float(sum_abs) / n * targets.unit * HARTREE_TO_KCAL
-    metrics = {"train_rmse": rmse, "train_mae": mae, "loss": float(sum_loss) / n}
-    if forces:
+        rmse = math.sqrt(squared / n) * targets.unit * HARTREE_TO_KCAL
+        mae = absolute / n * targets.unit * HARTREE_TO_KCAL
+    metrics = {"train_rmse": rmse, "train_mae": mae, "loss": loss / n}
+    if config.force_weight > 0:
         components = 3 * float(targets.atoms.sum())
-        metrics["train_force_rmse"] = math.sqrt(float(sum_force) / components) * targets.unit * HARTREE_TO_KCAL
+        metrics["train_force_rmse"] = math.sqrt(force_squared / components) * targets.unit * HARTREE_TO_KCAL
     return metrics
 
 
@@ -705,6 +739,59 @@ def _restore(state: Mapping[str, Any], model: torch.nn.Module, opt: _Optimisatio
 # --------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Session:
+    """Everything a run sets up before its first epoch."""
+
+    model: torch.nn.Module
+    device: torch.device
+    folder: Path | None
+    self_energies: Tensor
+    targets: _Targets
+    train_feed: Feeder
+    val_feed: Feeder
+    opt: _Optimisation
+    run: _RunState
+    checkpoints: _Checkpointer
+
+
+def _prepare(model_or_spec: Any, train_data: ANIData, val_data: ANIData, config: TrainConfig,
+             checkpoint_dir: str | os.PathLike | None, resume: bool, self_energies: Tensor | None,
+             aev_constants: Mapping[str, Any], distributed: Distributed | None) -> _Session:
+    """The model, targets, feeds, optimisers and progress of a run (restored when resuming)."""
+    configure_threads(config.num_threads)
+    device = distributed.device if distributed is not None else resolve_device(config.device)
+    aev_dim = aev_length(aev_constants)
+    model, fresh = _model_for(model_or_spec, config, aev_dim)
+    model.to(device)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    data_ids = {"train": train_data.fingerprint(), "val": val_data.fingerprint()}
+    state = _read_resume_point(folder, model, config, aev_dim, data_ids) if resume else None
+    if state is not None:
+        self_energies = state["self_energies"]
+    elif self_energies is None:
+        self_energies = fit_self_energies(train_data, warn=False).as_tensor()
+    self_energies = torch.as_tensor(self_energies, dtype=torch.float64).cpu()
+    if config.force_weight > 0 and (train_data.forces is None or val_data.forces is None):
+        raise ConfigError(f"force_weight={config.force_weight} needs forces in the training and validation data; "
+                          "these sets have none (load a file with forces, e.g. the bundled anibook_nms_s01).")
+    if config.feed == "buckets" and not supports_buckets(model):
+        raise ConfigError(f"feed='buckets' needs a MaskedANIModel; {type(model).__name__} only has a padded "
+                          "forward(species, aevs): pass TrainConfig(feed='padded') (or 'in_step').")
+    targets = _targets(model, train_data, val_data, self_energies, fresh and config.standardize, device)
+    train_feed = Feeder(model, train_data, config.feed, device, aev_constants)
+    if distributed is not None:
+        train_feed.forward = distributed.wrap(model)
+    opt = _Optimisation(model, config, steps_per_epoch=math.ceil(len(train_data) / config.batch_size))
+    run = _restore(state, model, opt, device, config) if state is not None else _RunState()
+    targets.unit = float(model.output_scale) if hasattr(model, "output_scale") else targets.unit
+    writes = folder if distributed is None or distributed.is_main else None  # rank 0 alone writes
+    checkpoints = _Checkpointer(writes, model, config, getattr(model, "aev_dim", aev_dim), self_energies,
+                                dict(aev_constants), data_ids)
+    return _Session(model, device, folder, self_energies, targets, train_feed,
+                    Feeder(model, val_data, config.feed, device, aev_constants), opt, run, checkpoints)
+
+
 def train(
     model_or_spec: MaskedANIModel | torch.nn.Module | ArchitectureSpec | Mapping[str, Any] | None,
     train_data: ANIData,
@@ -717,8 +804,9 @@ def train(
     progress: bool = True,
     self_energies: Tensor | None = None,
     aev_constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
-    """Train an ANI model on energies and return the best model and its history.
+    """Train an ANI model on energies (and forces) and return the best model and its history.
 
     Args:
         model_or_spec: an :class:`ArchitectureSpec` (or its dict, or None for the course's),
@@ -739,60 +827,38 @@ def train(
         progress: show a ``tqdm`` progress bar.
         self_energies: per-element self energies (Hartree); fitted on ``train_data`` if None.
         aev_constants: AEV constants (default the course's).
+        distributed: this process's place among several (:mod:`anibook_utils.distributed`,
+            chapter 10): each rank trains on its shard of every batch, rank 0 writes.
 
     Ctrl-C (KeyboardInterrupt, also raised from ``callback``) ends training the same way
     as ``stop_event``: the best model and the history so far are returned.
     """
     started = time.perf_counter()
     config = _as_config(config)
-    configure_threads(config.num_threads)
-    device = resolve_device(config.device)
-    aev_dim = aev_length(aev_constants)
-    model, fresh = _model_for(model_or_spec, config, aev_dim)
-    model.to(device)
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    data_ids = {"train": train_data.fingerprint(), "val": val_data.fingerprint()}
-    state = _read_resume_point(folder, model, config, aev_dim, data_ids) if resume else None
-    if state is not None:
-        self_energies = state["self_energies"]
-    elif self_energies is None:
-        self_energies = fit_self_energies(train_data, warn=False).as_tensor()
-    self_energies = torch.as_tensor(self_energies, dtype=torch.float64).cpu()
-    if config.force_weight > 0 and (train_data.forces is None or val_data.forces is None):
-        raise ConfigError(f"force_weight={config.force_weight} needs forces in the training and validation data; "
-                          "these sets have none (load a file with forces, e.g. the bundled anibook_nms_s01).")
-    if config.feed == "buckets" and not supports_buckets(model):
-        raise ConfigError(f"feed='buckets' needs a MaskedANIModel; {type(model).__name__} only has a padded "
-                          "forward(species, aevs): pass TrainConfig(feed='padded') (or 'in_step').")
-    targets = _targets(model, train_data, val_data, self_energies, fresh and config.standardize, device)
-    train_feed = Feeder(model, train_data, config.feed, device, aev_constants)
-    val_feed = Feeder(model, val_data, config.feed, device, aev_constants)
-    opt = _Optimisation(model, config, steps_per_epoch=math.ceil(len(train_data) / config.batch_size))
-    run = _restore(state, model, opt, device, config) if state is not None else _RunState()
-    targets.unit = float(model.output_scale) if hasattr(model, "output_scale") else targets.unit
-    checkpoints = _Checkpointer(folder, model, config, getattr(model, "aev_dim", aev_dim), self_energies,
-                                dict(aev_constants), data_ids)
+    s = _prepare(model_or_spec, train_data, val_data, config, checkpoint_dir, resume, self_energies,
+                 aev_constants, distributed)
+    run, main = s.run, distributed is None or distributed.is_main
     setup_time = time.perf_counter() - started
-    stop_reason, bar = "completed", _progress_bar(progress, config.epochs, run.epoch)
+    stop_reason, bar = "completed", _progress_bar(progress and main, config.epochs, run.epoch)
     best_unsaved = False
-    model.train()
+    s.model.train()
     try:
         for epoch in range(run.epoch + 1, config.epochs + 1):
-            if _should_stop(stop_event):
+            if _stop_requested(stop_event, distributed):
                 raise _StopRequested
             tick = time.perf_counter()
-            record = {"epoch": epoch, **_train_epoch(train_feed, targets, opt, config, stop_event)}
-            record.update(_validation_metrics(val_feed, targets, config, epoch))
-            opt.end_epoch(record["val_rmse"])
+            record = {"epoch": epoch, **_train_epoch(s.train_feed, s.targets, s.opt, config, stop_event, distributed)}
+            record.update(_validation_metrics(s.val_feed, s.targets, config, epoch))
+            s.opt.end_epoch(record["val_rmse"])
             record["epoch_time"] = time.perf_counter() - tick
             run.elapsed += record["epoch_time"]
-            record.update(lr=opt.lr, time=run.elapsed)
-            best_unsaved |= run.record(record, model, config.min_improvement)
+            record.update(lr=s.opt.lr, time=run.elapsed)
+            best_unsaved |= run.record(record, s.model, config.min_improvement)
             reason = _stop_reason(config, run)
             if epoch % config.checkpoint_every == 0 or epoch == config.epochs or reason is not None:
-                checkpoints.save(opt, run, best_unsaved)
+                s.checkpoints.save(s.opt, run, best_unsaved)
                 best_unsaved = False
-            _report(bar, callback, record, run.best_rmse)
+            _report(bar, callback if main else None, record, run.best_rmse)
             if reason is not None:
                 stop_reason = reason
                 break
@@ -804,14 +870,14 @@ def train(
         if bar is not None:
             bar.close()
     if config.restore_best and run.best_state is not None:
-        model.load_state_dict(run.best_state)
-    model.eval()
+        s.model.load_state_dict(run.best_state)
+    s.model.eval()
     return TrainResult(
-        model=model, history=run.history, best_epoch=run.best_epoch,
+        model=s.model, history=run.history, best_epoch=run.best_epoch,
         best_val_rmse=run.best_rmse if run.best_epoch is not None else math.nan,
         interrupted=stop_reason in ("stopped", "interrupted"), wall_time=time.perf_counter() - started,
-        train_time=run.elapsed, setup_time=setup_time, stop_reason=stop_reason, self_energies=self_energies,
-        config=config, device=str(device), aev_constants=dict(aev_constants), checkpoint_dir=folder,
+        train_time=run.elapsed, setup_time=setup_time, stop_reason=stop_reason, self_energies=s.self_energies,
+        config=config, device=str(s.device), aev_constants=dict(aev_constants), checkpoint_dir=s.folder,
     )
 
 
