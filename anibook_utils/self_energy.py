@@ -230,7 +230,8 @@ def _normalise_signs(rows: np.ndarray) -> np.ndarray:
 
 
 def fit_self_energies(data_or_species: ANIData | ArrayLike, energies: ArrayLike | None = None, *,
-                      reference: SelfEnergyLike | None = None, warn: bool = True) -> SelfEnergyFit:
+                      reference: SelfEnergyLike | None = None, warn: bool = True,
+                      weights: ArrayLike | None = None) -> SelfEnergyFit:
     """Fit per-element self energies by linear least squares on the composition matrix.
 
     Solves ``min ||composition_matrix(species) @ values - energies||`` in float64 with
@@ -243,6 +244,10 @@ def fit_self_energies(data_or_species: ANIData | ArrayLike, energies: ArrayLike 
     - by default the **minimum-norm** least-squares solution (no null-space component);
     - with ``reference`` (e.g. ground-state atomic energies) the solution **closest to
       the reference** (Euclidean distance), i.e. the reference's null-space component kept.
+
+    ``weights`` (one per row) make it a weighted fit: a row of weight ``n`` holding the mean
+    energy of ``n`` conformations of one composition gives the same fit as those ``n`` rows
+    (how data streamed from disk is fitted, chapter 10, :mod:`anibook_utils.streaming`).
     """
     species = _species_array(data_or_species)
     targets, _ = _energies_array(data_or_species, energies, species.shape[0])
@@ -252,7 +257,11 @@ def fit_self_energies(data_or_species: ANIData | ArrayLike, energies: ArrayLike 
         raise ValueError("The energies contain NaN or infinity; remove those conformations first.")
     composition = composition_matrix(species)
     present = composition.any(axis=0)
-    a = composition[:, present]
+    root = np.ones(len(targets)) if weights is None else np.sqrt(np.asarray(weights, dtype=np.float64))
+    if root.shape != targets.shape or not np.isfinite(root).all():
+        raise ValueError(f"weights must be {len(targets)} finite non-negative numbers, one per row.")
+    a = composition[:, present] * root[:, None]
+    targets = targets * root
     anchor = np.zeros(int(present.sum()))
     if reference is not None:
         ref = self_energy_values(reference)[present]
@@ -268,10 +277,11 @@ def fit_self_energies(data_or_species: ANIData | ArrayLike, energies: ArrayLike 
     null_space = np.zeros((null.shape[0], len(ELEMENTS)))
     null_space[:, present] = null
     residual = targets - a @ solution
+    total = float(np.sum(root**2))
     method = "minimum-norm" if reference is None else "closest-to-reference"
     fit = SelfEnergyFit(
         values=values, present=present, rank=int(rank), null_space=null_space,
-        residual_rms=float(np.sqrt(np.mean(residual**2))), num_conformations=len(targets),
+        residual_rms=float(np.sqrt(np.sum(residual**2) / total)), num_conformations=int(round(total)),
         method=method if null.shape[0] else "unique",
     )
     if warn and not fit.is_unique:

@@ -51,6 +51,7 @@ from .history import History
 from .models import ArchitectureSpec, MaskedANIModel, build_model
 from .potential import ANIPotential
 from .self_energy import fit_self_energies, shift_energies
+from .streaming import H5Stream, StreamFeeder, stream_self_energies, stream_target_scale
 
 __all__ = [
     "FEEDS", "LOSSES", "OPTIMIZERS", "SCHEDULES", "ConfigError", "TrainConfig", "TrainResult",
@@ -393,6 +394,7 @@ class _Optimisation:
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int) -> None:
         self.optimizers = _optimizers(model, config)
+        self.steps_per_epoch = steps_per_epoch
         self.total_steps = steps_per_epoch * config.epochs
         self.schedulers = _schedulers(self.optimizers, config, total_steps=self.total_steps)
         self.per_step_schedule = config.schedule in PER_STEP_SCHEDULES
@@ -521,18 +523,39 @@ class _Targets:
     atoms: Tensor
 
 
-def _targets(model: torch.nn.Module, train_data: ANIData, val_data: ANIData, self_energies: Tensor,
-             standardize: bool, device: torch.device) -> _Targets:
+def _targets(model: torch.nn.Module, train_data: ANIData | H5Stream, val_data: ANIData | H5Stream,
+             self_energies: Tensor, standardize: bool, device: torch.device) -> _Targets:
     """Energies minus self energies; with ``standardize`` (a new model) its output scale is set
-    to the training targets' standard deviation, the unit the errors are measured in."""
-    train_targets = shift_energies(train_data, self_energies=self_energies)
+    to the training targets' standard deviation, the unit the errors are measured in. Data
+    streamed from disk keep their targets there (computed per batch); only the scale is set."""
+    streamed = isinstance(train_data, H5Stream)
+    train_targets = None if streamed else shift_energies(train_data, self_energies=self_energies)
     if standardize and hasattr(model, "output_scale"):
-        model.output_scale.fill_(float(train_targets.std()))
+        scale = stream_target_scale(train_data, self_energies) if streamed else float(train_targets.std())
+        model.output_scale.fill_(scale)
     unit = float(model.output_scale) if hasattr(model, "output_scale") else 1.0
+    val = None if isinstance(val_data, H5Stream) else shift_energies(val_data, self_energies=self_energies)
+    if streamed:
+        empty = torch.zeros(0, device=device)
+        return _Targets(empty, empty if val is None else val.to(device, torch.float32), empty, unit, empty)
     atoms = train_data.num_atoms.to(device, torch.float32)
     return _Targets(train_targets.to(device, torch.float32),
-                    shift_energies(val_data, self_energies=self_energies).to(device, torch.float32),
+                    torch.zeros(0, device=device) if val is None else val.to(device, torch.float32),
                     atoms.sqrt(), unit, atoms)
+
+
+def _batch_loss(energies: Tensor, targets: Tensor, sqrt_atoms: Tensor, config: TrainConfig, unit: float,
+                forces: Tensor | None = None, target_forces: Tensor | None = None,
+                atoms: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The loss of one batch (energy term, plus the force term when training on forces), the
+    energy errors and the force errors, all in units of ``unit`` (the targets' scale)."""
+    error = (energies - targets) / unit
+    loss = error.pow(2).mean() if config.loss == "mse" else (error.pow(2) / sqrt_atoms).mean()
+    force_error = None
+    if forces is not None:
+        force_error = (forces - target_forces) / unit  # zero at padding
+        loss = loss + config.force_weight * (force_error.pow(2).sum(dim=(1, 2)) / (3 * atoms)).mean()
+    return loss, error, force_error
 
 
 def _epoch_plan(order: Tensor, batch_size: int, distributed: Distributed | None) -> tuple[Tensor, list]:
@@ -575,11 +598,9 @@ def _train_epoch(feed: Feeder, targets: _Targets, opt: _Optimisation, config: Tr
             energies, predicted_forces = predict(start, stop, True)
         else:
             energies = predict(start, stop)
-        error = (energies - y_epoch[start:stop]) / targets.unit
-        loss = error.pow(2).mean() if config.loss == "mse" else (error.pow(2) / w_epoch[start:stop]).mean()
-        if forces:
-            force_error = (predicted_forces - f_epoch[start:stop]) / targets.unit  # zero at padding
-            loss = loss + config.force_weight * (force_error.pow(2).sum(dim=(1, 2)) / (3 * a_epoch[start:stop])).mean()
+        loss, error, force_error = _batch_loss(
+            energies, y_epoch[start:stop], w_epoch[start:stop], config, targets.unit,
+            *((predicted_forces, f_epoch[start:stop], a_epoch[start:stop]) if forces else ()))
         weight = 0.0 if rows < 0 else world * (stop - start) / rows  # DDP averages: N x share of the batch
         opt.step(loss * weight if world > 1 else loss)
         if rows >= 0:
@@ -593,9 +614,50 @@ def _train_epoch(feed: Feeder, targets: _Targets, opt: _Optimisation, config: Tr
     return _train_metrics(feed, targets, config, sums if distributed is None else distributed.sum(sums))
 
 
+def _train_epoch_stream(feed: StreamFeeder, targets: _Targets, opt: _Optimisation, config: TrainConfig,
+                        stop_event: Any, distributed: Distributed | None, epoch: int) -> dict[str, float]:
+    """One pass over a stream read from disk: every rank reads its own chunks of the epoch's
+    order, so memory holds one batch at a time; metrics are summed over the ranks."""
+    forces, device = config.force_weight > 0, feed.device
+    rank, world = (distributed.rank, distributed.world_size) if distributed is not None else (0, 1)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    atoms_total = torch.zeros((), dtype=torch.float64, device=device)
+    local_batch = max(1, config.batch_size // world)
+    steps = feed.stream.count_batches(local_batch, epoch, config.seed, rank, world)
+    if distributed is not None:  # every rank takes the same number of steps
+        steps = _min_over_ranks(distributed, steps, device)
+    steps = min(steps, opt.steps_per_epoch)
+    for species, coordinates, y, f_target in feed.batches(local_batch, epoch, config.seed, rank, world, steps):
+        atoms = (species >= 0).sum(dim=1).float()
+        energies, predicted_forces = feed.predict(species, coordinates, forces, create_graph=True)
+        loss, error, force_error = _batch_loss(energies, y, atoms.sqrt(), config, targets.unit,
+                                               *((predicted_forces, f_target, atoms) if forces else ()))
+        opt.step(loss)
+        with torch.no_grad():
+            e = error.detach().double()
+            sums += torch.stack([e.pow(2).sum(), e.abs().sum(), loss.detach().double() * len(e),
+                                 force_error.detach().double().pow(2).sum() if forces else e.new_zeros(()),
+                                 e.new_tensor(len(e))])
+            atoms_total += atoms.double().sum()
+        if _stop_requested(stop_event, distributed):
+            raise _StopRequested
+    if distributed is not None:
+        sums, atoms_total = distributed.sum(sums), distributed.sum(atoms_total)
+    targets.atoms = atoms_total.reshape(1).float()
+    return _train_metrics(feed, targets, config, sums)
+
+
+def _min_over_ranks(distributed: Distributed, value: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 def _train_metrics(feed: Feeder, targets: _Targets, config: TrainConfig, sums: Tensor) -> dict[str, float]:
     squared, absolute, loss, force_squared, n = (float(v) for v in sums)
-    if config.exact_train_metrics:
+    if config.exact_train_metrics and isinstance(feed, Feeder):
         rmse, mae = energy_metrics(feed.predict_all(config.eval_batch_size).double() - targets.train.double())
     else:
         rmse = math.sqrt(squared / n) * targets.unit * HARTREE_TO_KCAL
@@ -607,8 +669,11 @@ def _train_metrics(feed: Feeder, targets: _Targets, config: TrainConfig, sums: T
     return metrics
 
 
-def _validation_metrics(feed: Feeder, targets: _Targets, config: TrainConfig, epoch: int) -> dict[str, float]:
+def _validation_metrics(feed: Feeder | StreamFeeder, targets: _Targets, config: TrainConfig, epoch: int,
+                        distributed: Distributed | None = None) -> dict[str, float]:
     forces = config.force_weight > 0
+    if isinstance(feed, StreamFeeder):
+        return _stream_metrics(feed, config, forces, epoch, distributed)
     if forces:
         energies, predicted_forces = feed.predict_all_with_forces(config.eval_batch_size)
     else:
@@ -622,6 +687,23 @@ def _validation_metrics(feed: Feeder, targets: _Targets, config: TrainConfig, ep
     if forces:
         metrics["val_force_rmse"], metrics["val_force_mae"] = force_metrics(
             predicted_forces - feed.target_forces(), feed.species)
+    return metrics
+
+
+def _stream_metrics(feed: StreamFeeder, config: TrainConfig, forces: bool, epoch: int,
+                    distributed: Distributed | None) -> dict[str, float]:
+    rank, world = (distributed.rank, distributed.world_size) if distributed is not None else (0, 1)
+    sums = feed.error_sums(config.eval_batch_size, forces, rank, world)
+    squared, absolute, f_squared, f_absolute, n, components = (
+        float(v) for v in (distributed.sum(sums) if distributed is not None else sums))
+    rmse = math.sqrt(squared / n) * HARTREE_TO_KCAL
+    if not math.isfinite(rmse):
+        raise FloatingPointError(f"The validation error became {rmse} at epoch {epoch}: training diverged. "
+                                 "Lower the learning rate (lr) or enable standardize=True.")
+    metrics = {"val_rmse": rmse, "val_mae": absolute / n * HARTREE_TO_KCAL}
+    if forces:
+        metrics["val_force_rmse"] = math.sqrt(f_squared / components) * HARTREE_TO_KCAL
+        metrics["val_force_mae"] = f_absolute / components * HARTREE_TO_KCAL
     return metrics
 
 
@@ -767,35 +849,60 @@ def _prepare(model_or_spec: Any, train_data: ANIData, val_data: ANIData, config:
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     data_ids = {"train": train_data.fingerprint(), "val": val_data.fingerprint()}
     state = _read_resume_point(folder, model, config, aev_dim, data_ids) if resume else None
+    streamed = isinstance(train_data, H5Stream)
+    if streamed and config.feed != "in_step":
+        raise ConfigError("Data streamed from disk have no precomputed AEVs: pass TrainConfig(feed='in_step').")
     if state is not None:
         self_energies = state["self_energies"]
     elif self_energies is None:
-        self_energies = fit_self_energies(train_data, warn=False).as_tensor()
+        self_energies = (stream_self_energies(train_data) if streamed
+                         else fit_self_energies(train_data, warn=False).as_tensor())
     self_energies = torch.as_tensor(self_energies, dtype=torch.float64).cpu()
-    if config.force_weight > 0 and (train_data.forces is None or val_data.forces is None):
+    if config.force_weight > 0 and not (_has_forces(train_data) and _has_forces(val_data)):
         raise ConfigError(f"force_weight={config.force_weight} needs forces in the training and validation data; "
                           "these sets have none (load a file with forces, e.g. the bundled anibook_nms_s01).")
     if config.feed == "buckets" and not supports_buckets(model):
         raise ConfigError(f"feed='buckets' needs a MaskedANIModel; {type(model).__name__} only has a padded "
                           "forward(species, aevs): pass TrainConfig(feed='padded') (or 'in_step').")
     targets = _targets(model, train_data, val_data, self_energies, fresh and config.standardize, device)
-    train_feed = Feeder(model, train_data, config.feed, device, aev_constants)
+    train_feed = _feeder(model, train_data, config.feed, device, aev_constants, self_energies)
     if distributed is not None:
         train_feed.forward = distributed.wrap(model)
-    opt = _Optimisation(model, config, steps_per_epoch=math.ceil(len(train_data) / config.batch_size))
+    opt = _Optimisation(model, config, steps_per_epoch=_steps_per_epoch(train_data, config, distributed))
     run = _restore(state, model, opt, device, config) if state is not None else _RunState()
     targets.unit = float(model.output_scale) if hasattr(model, "output_scale") else targets.unit
     writes = folder if distributed is None or distributed.is_main else None  # rank 0 alone writes
     checkpoints = _Checkpointer(writes, model, config, getattr(model, "aev_dim", aev_dim), self_energies,
                                 dict(aev_constants), data_ids)
     return _Session(model, device, folder, self_energies, targets, train_feed,
-                    Feeder(model, val_data, config.feed, device, aev_constants), opt, run, checkpoints)
+                    _feeder(model, val_data, config.feed, device, aev_constants, self_energies), opt, run, checkpoints)
+
+
+def _steps_per_epoch(data: ANIData | H5Stream, config: TrainConfig, distributed: Distributed | None) -> int:
+    """Optimiser steps per epoch (what a per-step schedule is planned for)."""
+    if not isinstance(data, H5Stream):
+        return math.ceil(len(data) / config.batch_size)
+    world = distributed.world_size if distributed is not None else 1
+    counts = [data.count_batches(max(1, config.batch_size // world), 1, config.seed, r, world) for r in range(world)]
+    return max(1, min(counts))
+
+
+def _has_forces(data: ANIData | H5Stream) -> bool:
+    return data.has_forces if isinstance(data, H5Stream) else data.forces is not None
+
+
+def _feeder(model: torch.nn.Module, data: ANIData | H5Stream, feed: str, device: torch.device,
+            aev_constants: Mapping[str, Any], self_energies: Tensor) -> Feeder | StreamFeeder:
+    """How the engine gives ``data`` to the model: from memory, or from disk (a stream)."""
+    if isinstance(data, H5Stream):
+        return StreamFeeder(model, data, self_energies, device, aev_constants)
+    return Feeder(model, data, feed, device, aev_constants)
 
 
 def train(
     model_or_spec: MaskedANIModel | torch.nn.Module | ArchitectureSpec | Mapping[str, Any] | None,
-    train_data: ANIData,
-    val_data: ANIData,
+    train_data: ANIData | H5Stream,
+    val_data: ANIData | H5Stream,
     config: TrainConfig | Mapping[str, Any] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
@@ -813,8 +920,10 @@ def train(
             built with ``seed=config.seed``; or a model to train further in place (a
             :class:`MaskedANIModel`, or any module with ``forward(species, aevs)`` together
             with ``feed="padded"`` or ``"in_step"``).
-        train_data, val_data: :class:`~anibook_utils.data.ANIData` sets; the validation set
-            selects the best epoch (and drives early stopping and the plateau schedule).
+        train_data, val_data: :class:`~anibook_utils.data.ANIData` sets held in memory, or
+            :class:`~anibook_utils.streaming.H5Stream` views read from disk batch by batch
+            (chapter 10; needs ``feed="in_step"``); the validation set selects the best epoch
+            (and drives early stopping and the plateau schedule).
         config: a :class:`TrainConfig` or a dict of its fields (default ``TrainConfig()``).
         checkpoint_dir: folder for ``latest.pt`` and ``best.pt``, written atomically every
             ``config.checkpoint_every`` epochs (and after the last one).
@@ -847,8 +956,12 @@ def train(
             if _stop_requested(stop_event, distributed):
                 raise _StopRequested
             tick = time.perf_counter()
-            record = {"epoch": epoch, **_train_epoch(s.train_feed, s.targets, s.opt, config, stop_event, distributed)}
-            record.update(_validation_metrics(s.val_feed, s.targets, config, epoch))
+            if isinstance(s.train_feed, StreamFeeder):
+                metrics = _train_epoch_stream(s.train_feed, s.targets, s.opt, config, stop_event, distributed, epoch)
+            else:
+                metrics = _train_epoch(s.train_feed, s.targets, s.opt, config, stop_event, distributed)
+            record = {"epoch": epoch, **metrics}
+            record.update(_validation_metrics(s.val_feed, s.targets, config, epoch, distributed))
             s.opt.end_epoch(record["val_rmse"])
             record["epoch_time"] = time.perf_counter() - tick
             run.elapsed += record["epoch_time"]

@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     # concepts: self energies, AEVs, models, sampling, reference labels, drawings
     "self_energy": 2, "aev": 2, "models": 2, "sampling": 2, "reference": 2, "viewer": 2,
     # the engine's parts
-    "history": 3, "checkpoints": 3, "feeding": 3, "potential": 3, "distributed": 3,
+    "history": 3, "checkpoints": 3, "feeding": 3, "potential": 3, "distributed": 3, "streaming": 3,
     # recipes
     "training": 4, "torchani_example": 4, "calculator": 4,
     # what chapters drive: grids, the panel, Colab, the command line, the book build
