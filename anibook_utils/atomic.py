@@ -28,6 +28,8 @@ def atomic_write(path: str | os.PathLike, mode: int | None = None) -> Iterator[P
     permissions (default: a normal file's, following the umask).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: pass a file name inside it, e.g. {path / 'model.pt'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)

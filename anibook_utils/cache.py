@@ -40,9 +40,10 @@ def cached_arrays(
 ) -> dict[str, np.ndarray]:
     """Return the arrays stored under ``kind``/``key``, building and storing them if absent.
 
-    ``check(arrays)`` (optional) raises ``ValueError`` or ``KeyError`` when stored arrays are
-    inconsistent; such an entry, like an unreadable one, is rebuilt with a warning (and replaced
-    when the cache folder is writable; a read-only or shared cache is left as it is).
+    ``check(arrays)`` (optional) raises ``ValueError``, ``KeyError`` or ``TypeError`` when stored
+    arrays are missing, of the wrong kind or inconsistent; such an entry, like an unreadable one,
+    is rebuilt with a warning (and replaced when the cache folder is writable; a read-only or
+    shared cache is left as it is: nothing is ever deleted here).
     """
     path = cache_dir() / f"{kind}-{key}.npz"
     if path.is_file():
@@ -52,7 +53,7 @@ def cached_arrays(
             if check is not None:
                 check(arrays)
             return arrays
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
             warnings.warn(f"Cache entry {path.name} was unusable ({exc}); rebuilding it.")
     arrays = build()
     try:

@@ -21,7 +21,7 @@ from .atomic import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "BEST", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "CheckpointMismatchError", "LATEST",
-    "atomic_save", "check_architecture", "load_file", "save_checkpoint",
+    "atomic_save", "check_architecture", "check_keys", "load_file", "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "anibook-checkpoint"
@@ -87,8 +87,19 @@ def _why_unreadable(exc: Exception) -> str:
     message = str(exc)
     if "weights_only" in message or "Unpickl" in message:
         return "it holds Python objects other than tensors and plain containers, which are never unpickled here"
+    if "zip archive" in message or "central directory" in message or isinstance(exc, EOFError):
+        return "it is truncated or not a PyTorch file"
     first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
     return f"{type(exc).__name__}: {first[:200]}"
+
+
+def check_keys(payload: Mapping[str, Any], keys: tuple[str, ...], path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` if ``payload`` (loaded from ``path``) lacks any of ``keys``."""
+    missing = [k for k in keys if k not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{Path(path).name} lacks {missing}: it was not written whole by this version of anibook_utils "
+            "(or it was edited). Load the file train(checkpoint_dir=...) or save_potential wrote, or train again.")
 
 
 def check_architecture(payload: Mapping[str, Any], spec_dict: Mapping[str, Any] | None, aev_dim: int,

@@ -10,15 +10,17 @@ checkpoint (``best.pt`` / ``latest.pt``).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .aev import COURSE_AEV_CONSTANTS, aev_computer, aev_length
-from .checkpoints import CHECKPOINT_FORMAT, atomic_save, load_file
+from .checkpoints import CHECKPOINT_FORMAT, CheckpointError, atomic_save, check_keys, load_file
 from .data import ATOMIC_NUMBERS, ELEMENTS, PADDING
 from .models import ArchitectureSpec, MaskedANIModel, build_model
 
@@ -32,30 +34,49 @@ class PotentialInputError(ValueError):
     """Species or coordinates a potential cannot evaluate (the message says what to pass)."""
 
 
+_WANTED = "element symbols such as ['O', 'H', 'H'] or integer indices (H=0, C=1, N=2, O=3, -1 padding)"
+
+
 def species_tensor(species: Tensor | Sequence[str] | Sequence[int]) -> Tensor:
     """Element indices as an int64 tensor; symbols such as ``["O", "H", "H"]`` are converted.
 
-    Indices must lie in -1..3 (H=0, C=1, N=2, O=3, -1 padding); atomic numbers, floats and
-    unknown symbols raise :class:`PotentialInputError` saying what to pass instead.
+    Indices must lie in -1..3 (H=0, C=1, N=2, O=3, -1 padding); atomic numbers, floats, a mix
+    of symbols and numbers and unknown symbols raise :class:`PotentialInputError` saying what to
+    pass instead.
     """
     if isinstance(species, Tensor):
-        if species.is_floating_point() or species.is_complex() or species.dtype == torch.bool:
-            raise PotentialInputError(
-                f"species must hold integer element indices (H=0, C=1, N=2, O=3, -1 padding), got dtype "
-                f"{species.dtype}.")
-        indices = species.long()
-    else:
+        return _checked_indices(species)
+    try:
         items = list(species)
-        if items and isinstance(items[0], (list, tuple)):
-            return torch.stack([species_tensor(row) for row in items])
-        if items and all(isinstance(s, str) for s in items):
-            unknown = [s for s in items if s not in ELEMENTS]
-            if unknown:
-                raise PotentialInputError(f"Unknown element symbol(s) {unknown}: the potential knows {ELEMENTS}.")
-            return torch.tensor([ELEMENTS.index(s) for s in items], dtype=torch.long)
-        if any(isinstance(s, (float, bool)) for s in items):
-            raise PotentialInputError(f"species must be element symbols or integer indices, got {items!r}.")
-        indices = torch.as_tensor(items, dtype=torch.long)
+    except TypeError:
+        raise PotentialInputError(f"species must be {_WANTED}, got {species!r}.") from None
+    if items and isinstance(items[0], (list, tuple, Tensor, np.ndarray)):
+        rows = [species_tensor(row) for row in items]
+        if len({row.shape for row in rows}) > 1:
+            raise PotentialInputError("The molecules' species rows have different lengths: pad the shorter "
+                                      "ones with -1 (and their coordinates with zeros) to one length.")
+        return torch.stack(rows)
+    if items and all(isinstance(s, str) for s in items):
+        unknown = [s for s in items if s not in ELEMENTS]
+        if unknown:
+            raise PotentialInputError(f"Unknown element symbol(s) {unknown}: the potential knows {ELEMENTS}.")
+        return torch.tensor([ELEMENTS.index(s) for s in items], dtype=torch.long)
+    if not items:
+        return torch.zeros(0, dtype=torch.long)
+    if any(isinstance(s, (str, bytes)) for s in items):
+        raise PotentialInputError(f"species mixes symbols and numbers ({items!r}): pass all symbols or all indices.")
+    try:
+        indices = torch.as_tensor(np.asarray(items))
+    except (TypeError, ValueError, RuntimeError):
+        raise PotentialInputError(f"species must be {_WANTED}, got {items!r}.") from None
+    return _checked_indices(indices)
+
+
+def _checked_indices(species: Tensor) -> Tensor:
+    if species.is_floating_point() or species.is_complex() or species.dtype == torch.bool:
+        raise PotentialInputError(f"species must hold integer element indices (H=0, C=1, N=2, O=3, -1 padding), "
+                                  f"got dtype {species.dtype}.")
+    indices = species.long()
     bad = (indices < PADDING) | (indices >= len(ELEMENTS))
     if bool(bad.any()):
         found = sorted(set(indices[bad].tolist()))
@@ -80,9 +101,12 @@ class ANIPotential(torch.nn.Module):
     def __init__(self, model: MaskedANIModel, self_energies: Sequence[float] | Tensor,
                  aev_constants: Mapping[str, Any] = COURSE_AEV_CONSTANTS) -> None:
         super().__init__()
-        values = [float(v) for v in torch.as_tensor(self_energies, dtype=torch.float64).tolist()]
+        values = [float(v) for v in torch.as_tensor(self_energies, dtype=torch.float64).view(-1).tolist()]
         if len(values) != len(ELEMENTS):
             raise ValueError(f"Need one self energy per element {ELEMENTS}, got {len(values)}.")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"The self energies must be finite numbers (Hartree), got {values}: refit them "
+                             "with fit_self_energies(train_set).")
         if aev_length(aev_constants) != model.aev_dim:
             raise ValueError(
                 f"The AEV constants give {aev_length(aev_constants)} features but the model expects "
@@ -97,7 +121,11 @@ class ANIPotential(torch.nn.Module):
     def _inputs(self, species, coordinates) -> tuple[Tensor, Tensor, bool]:
         param = next(self.model.parameters())
         species = species_tensor(species).to(param.device)
-        coordinates = torch.as_tensor(coordinates)
+        try:
+            coordinates = torch.as_tensor(np.asarray(coordinates) if not isinstance(coordinates, Tensor) else coordinates)
+        except (TypeError, ValueError, RuntimeError):
+            raise PotentialInputError(f"coordinates must be numbers in Å, shape (N, A, 3) or (A, 3); got "
+                                      f"{type(coordinates).__name__}.") from None
         if not (coordinates.is_floating_point() or coordinates.dtype in (torch.int32, torch.int64)):
             raise PotentialInputError(f"coordinates must be numbers in Å, got dtype {coordinates.dtype}.")
         coordinates = coordinates.to(param.device, param.dtype)
@@ -109,7 +137,9 @@ class ANIPotential(torch.nn.Module):
                 f"Expected species (N, A) and coordinates (N, A, 3) (or (A,) and (A, 3) for one "
                 f"molecule); got {tuple(species.shape)} and {tuple(coordinates.shape)}."
             )
-        finite = torch.isfinite(coordinates).view(coordinates.shape[0], -1).all(dim=1)
+        if species.shape[0] == 0:
+            raise PotentialInputError("No conformations were given (species has shape (0, A)): pass at least one.")
+        finite = torch.isfinite(coordinates).reshape(coordinates.shape[0], -1).all(dim=1)
         if not bool(finite.all()):
             raise PotentialInputError(
                 f"The coordinates of conformation {int((~finite).nonzero()[0])} hold NaN or infinity: "
@@ -185,9 +215,19 @@ def save_potential(path: str | os.PathLike, source: Any, self_energies: Sequence
 def load_potential(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ANIPotential:
     """The :class:`ANIPotential` saved by :func:`save_potential`, or the best model of a checkpoint."""
     payload = load_file(path, kind=(POTENTIAL_FORMAT, CHECKPOINT_FORMAT), map_location=map_location)
+    check_keys(payload, ("spec", "aev_dim", "model", "self_energies", "aev_constants"), path)
+    if payload["spec"] is None:
+        raise CheckpointError(f"{Path(path).name} holds a model without an ArchitectureSpec (a custom module): "
+                              "only MaskedANIModel checkpoints become potentials.")
     state = payload["model"] if payload["format"] == POTENTIAL_FORMAT else (
         payload["best"]["model"] if payload.get("best") else payload["model"])
-    model = build_model(ArchitectureSpec.from_dict(payload["spec"]), aev_dim=int(payload["aev_dim"]))
-    model.load_state_dict(state)
-    potential = ANIPotential(model, payload["self_energies"], payload["aev_constants"])
+    try:
+        model = build_model(ArchitectureSpec.from_dict(payload["spec"]), aev_dim=int(payload["aev_dim"]))
+        model.load_state_dict(state)
+        potential = ANIPotential(model, payload["self_energies"], payload["aev_constants"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # weights, spec or constants that disagree
+        raise CheckpointError(
+            f"{Path(path).name} does not describe a usable potential ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:200]}); it was edited or damaged. Load another file, or train "
+            "again.") from None
     return potential.to(map_location)

@@ -43,8 +43,8 @@ from torch import Tensor
 
 from .aev import COURSE_AEV_CONSTANTS, aev_length
 from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LATEST, CheckpointMismatchError,
-                          check_architecture, load_file, save_checkpoint)
-from .data import HARTREE_TO_KCAL, ANIData
+                          check_architecture, check_keys, load_file, save_checkpoint)
+from .data import HARTREE_TO_KCAL, ANIData, NonFiniteValueError
 from .distributed import Distributed
 from .feeding import FEEDS, Feeder, energy_metrics, evaluate, force_metrics, predict_energies, supports_buckets
 from .history import History
@@ -101,9 +101,11 @@ def _check_device(value: Any) -> None:
     if str(value) == "auto":
         return
     try:
-        torch.device(value)
+        kind = torch.device(value).type
     except (RuntimeError, ValueError):
         raise ConfigError(f"Unknown device {value!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(value)!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
 
 @dataclass
@@ -369,6 +371,15 @@ def _optimizers(model: torch.nn.Module, config: TrainConfig) -> list[torch.optim
             torch.optim.SGD(biases, lr=config.lr)]
 
 
+def _warmup(fraction: float, total_steps: int) -> float:
+    """OneCycleLR's ``pct_start``: ``fraction``, except for a warm-up of exactly one step (e.g. 0.05 of 20
+    steps), on which torch divides by zero: that one is written as the steps start, peak (or, in a run of
+    two steps, as start, end)."""
+    if not math.isclose(fraction * total_steps, 1.0):
+        return fraction
+    return 2.0 / total_steps if total_steps > 2 else 0.75
+
+
 def _schedulers(optimizers: list[torch.optim.Optimizer], config: TrainConfig, total_steps: int) -> list:
     if config.schedule == "none":
         return []
@@ -378,8 +389,9 @@ def _schedulers(optimizers: list[torch.optim.Optimizer], config: TrainConfig, to
             scheds.append(torch.optim.lr_scheduler.CosineAnnealingLR(
                 opt, T_max=total_steps, eta_min=config.lr * config.final_lr_fraction))
         elif config.schedule == "onecycle":
+            warmup = _warmup(config.warmup_fraction, total_steps)
             scheds.append(torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=config.lr, total_steps=total_steps, pct_start=config.warmup_fraction,
+                opt, max_lr=config.lr, total_steps=total_steps, pct_start=warmup,
                 div_factor=10.0, final_div_factor=1.0 / (10.0 * config.final_lr_fraction),
                 cycle_momentum=False))
         else:
@@ -503,6 +515,36 @@ def _as_config(config: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
     return config.validate()  # fields may have been assigned since the config was made
 
 
+def _check_sets(train_data: Any, val_data: Any) -> None:
+    """Refuse sets that are not :class:`ANIData` or hold NaN/infinite energies or coordinates (which
+    would otherwise surface epochs later as a "diverged" run or train on garbage)."""
+    for label, data in (("train_data", train_data), ("val_data", val_data)):
+        if isinstance(data, H5Stream):
+            continue  # read from disk batch by batch: its reader checks each chunk
+        if not isinstance(data, ANIData):
+            raise TypeError(f"{label} must be an ANIData (from load_dataset or split_dataset) or an H5Stream, "
+                            f"got {type(data).__name__}.")
+        for name in ("energies", "coordinates"):
+            finite = torch.isfinite(getattr(data, name).reshape(len(data), -1)).all(dim=1)
+            if not bool(finite.all()):
+                raise NonFiniteValueError(
+                    f"{label} has NaN or infinite {name} in {int((~finite).sum())} conformation(s) (the first at "
+                    f"index {int((~finite).nonzero()[0])}). Drop them before training, e.g. "
+                    f"data = data.subset(torch.isfinite(data.{name}).reshape(len(data), -1).all(dim=1)).")
+
+
+def _checkpoint_folder(checkpoint_dir: str | os.PathLike | None) -> Path | None:
+    if checkpoint_dir is None:
+        return None
+    if not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise ConfigError(f"checkpoint_dir must be a folder name (a str or Path), got {checkpoint_dir!r}.")
+    folder = Path(checkpoint_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"checkpoint_dir {folder} is a file, not a folder: pass a folder (it is created "
+                          "if missing), e.g. checkpoint_dir='checkpoints/run1'.")
+    return folder
+
+
 def _model_for(model_or_spec: Any, config: TrainConfig, aev_dim: int) -> tuple[torch.nn.Module, bool]:
     """The model to train and whether it is new (built here from a spec)."""
     if model_or_spec is None or isinstance(model_or_spec, (ArchitectureSpec, Mapping)):
@@ -531,7 +573,14 @@ def _targets(model: torch.nn.Module, train_data: ANIData | H5Stream, val_data: A
     streamed = isinstance(train_data, H5Stream)
     train_targets = None if streamed else shift_energies(train_data, self_energies=self_energies)
     if standardize and hasattr(model, "output_scale"):
-        scale = stream_target_scale(train_data, self_energies) if streamed else float(train_targets.std())
+        if streamed:
+            scale = stream_target_scale(train_data, self_energies)
+        else:
+            scale = float(train_targets.std()) if len(train_targets) > 1 else math.nan
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(
+                f"standardize=True divides by the spread of the training energies, but the {len(train_data)} "
+                "training conformation(s) have none: use a larger training set, or standardize=False.")
         model.output_scale.fill_(scale)
     unit = float(model.output_scale) if hasattr(model, "output_scale") else 1.0
     val = None if isinstance(val_data, H5Stream) else shift_energies(val_data, self_energies=self_energies)
@@ -766,6 +815,10 @@ _RESUME_IGNORED = {"epochs", "max_time", "target_val_rmse", "early_stopping", "m
                    "checkpoint_every", "device", "eval_batch_size", "restore_best"}
 
 
+_RESUME_KEYS = ("config", "epoch", "model", "optimizers", "schedulers", "total_steps", "history", "best",
+                "bad_epochs", "elapsed", "rng", "self_energies", "data")
+
+
 def _read_resume_point(folder: Path | None, model: torch.nn.Module, config: TrainConfig, aev_dim: int,
                        data: dict[str, str]) -> dict[str, Any] | None:
     """The checkpoint to continue from (None when there is none yet), checked against this run."""
@@ -781,12 +834,17 @@ def _read_resume_point(folder: Path | None, model: torch.nn.Module, config: Trai
         raise CheckpointMismatchError(
             f"{source} was written by an older version of anibook_utils (checkpoint version "
             f"{state.get('version')}, now {CHECKPOINT_VERSION}); start a new run in another checkpoint_dir.")
+    check_keys(state, _RESUME_KEYS, folder / LATEST)
     if state["data"] != data:
         raise CheckpointMismatchError(
             f"{source} was trained on other data (its training/validation sets differ from these). Resume "
             "with the same sets; to train its model further on new data, pass the model itself, "
             "train(load_potential(best.pt).model, new_train, new_val, config), with a new checkpoint_dir.")
-    saved = TrainConfig.from_dict(state["config"])
+    try:
+        saved = TrainConfig.from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointMismatchError(f"{source} holds settings this version cannot use ({exc}); start a new run "
+                                      "in another checkpoint_dir.") from None
     changed = [f for f, v in saved.to_dict().items() if f not in _RESUME_IGNORED and v != getattr(config, f)]
     if changed:
         warnings.warn(f"Resuming with different settings for {changed}: the continued run will "
@@ -844,9 +902,10 @@ def _prepare(model_or_spec: Any, train_data: ANIData, val_data: ANIData, config:
     configure_threads(config.num_threads)
     device = distributed.device if distributed is not None else resolve_device(config.device)
     aev_dim = aev_length(aev_constants)
+    _check_sets(train_data, val_data)
+    folder = _checkpoint_folder(checkpoint_dir)
     model, fresh = _model_for(model_or_spec, config, aev_dim)
     model.to(device)
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     data_ids = {"train": train_data.fingerprint(), "val": val_data.fingerprint()}
     state = _read_resume_point(folder, model, config, aev_dim, data_ids) if resume else None
     streamed = isinstance(train_data, H5Stream)

@@ -260,6 +260,10 @@ class TrainingPanel:
                  config: TrainConfig | None = None, *, background: bool = True,
                  redraw_interval: float = 1.0, num_threads: int | None = None,
                  target: float = TARGET_KCAL) -> None:
+        for label, data in (("train_data", train_data), ("val_data", val_data)):
+            if not isinstance(data, ANIData):
+                raise TypeError(f"TrainingPanel needs {label} as an ANIData (from load_dataset and "
+                                f"split_dataset), got {type(data).__name__}.")
         self.train_data, self.val_data = train_data, val_data
         self.default_spec = spec if spec is not None else ArchitectureSpec.course()
         base = config if config is not None else default_config()

@@ -26,6 +26,13 @@ def make_archive(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    """These tests download, from 127.0.0.1 only (every call names its URL): lift the session's
+    ANIBOOK_OFFLINE=1 (tests/conftest.py), which fetch_dataset obeys."""
+    monkeypatch.setenv("ANIBOOK_OFFLINE", "0")
+
+
 @pytest.fixture
 def server(tmp_path):
     """Serve tmp_path/www on 127.0.0.1; yields (base_url, folder, request_log)."""

@@ -48,16 +48,28 @@ _FIELDS = ("species", "coordinates", "energies", "molecule_ids")
 
 
 def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """Raise ValueError/KeyError unless cached arrays form a consistent data set (as read ones do)."""
+    """Raise ValueError/KeyError unless cached arrays form a data set the reader could have returned:
+    the same kinds and shapes, indices in range, real atoms before padding, finite values."""
     species, coordinates, energies, ids = (arrays[f] for f in _FIELDS)
     names, groups = arrays["molecule_names"], arrays["groups"]
+    kinds = {"species": (species, np.int64), "coordinates": (coordinates, np.float32),
+             "energies": (energies, np.float64), "molecule_ids": (ids, np.int64)}
+    wrong = [f"{name} {array.dtype}" for name, (array, dtype) in kinds.items() if array.dtype != dtype]
+    wrong += [f"{name} {array.dtype}" for name, array in (("molecule_names", names), ("groups", groups))
+              if array.dtype.kind != "U" or array.ndim != 1]
+    if wrong:
+        raise ValueError(f"arrays of the wrong kind ({', '.join(wrong)})")
     n = len(energies)
-    if species.ndim != 2 or species.shape[0] != n or coordinates.shape != (*species.shape, 3) or ids.shape != (n,):
+    if (species.ndim != 2 or species.shape[0] != n or coordinates.shape != (*species.shape, 3)
+            or energies.shape != (n,) or ids.shape != (n,)):
         raise ValueError(f"inconsistent shapes {species.shape}, {coordinates.shape}, {energies.shape}, {ids.shape}")
-    if n == 0 or len(names) != len(groups) or (ids.size and (ids.min() < 0 or ids.max() >= len(names))):
+    if n == 0 or len(names) != len(groups) or ids.min() < 0 or ids.max() >= len(names):
         raise ValueError("molecule ids and names disagree")
-    if species.size and (species.min() < PADDING or species.max() >= len(ELEMENTS)):
+    if species.min() < PADDING or species.max() >= len(ELEMENTS):
         raise ValueError("species indices out of range")
+    real = species != PADDING
+    if not real[:, 0].all() or (~real[:, :-1] & real[:, 1:]).any():
+        raise ValueError("padding before real atoms")
     if not (np.isfinite(energies).all() and np.isfinite(coordinates).all()):
         raise ValueError("non-finite values")
     if "forces" in arrays and (arrays["forces"].shape != coordinates.shape or not np.isfinite(arrays["forces"]).all()):

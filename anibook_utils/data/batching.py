@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -37,8 +38,8 @@ def iterate_batches(
     With ``shuffle=True`` the order comes from ``generator`` (or a new one seeded with
     ``seed``), so the same seed gives the same batches.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive whole number (e.g. 256), got {batch_size!r}.")
     n = len(data)
     if shuffle:
         if generator is None:
@@ -48,6 +49,7 @@ def iterate_batches(
     else:
         order = torch.arange(n)
     atoms = data.num_atoms  # real atoms per conformation, computed once
+    batch_size = int(batch_size)
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]
         if drop_last and len(index) < batch_size:

@@ -80,6 +80,11 @@ def download_dir() -> Path:
     return REPO_DATA_DIR
 
 
+def offline() -> bool:
+    """True when ``ANIBOOK_OFFLINE`` forbids downloads (``1``, ``true``, ``yes`` or ``on``)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 class FallbackDataWarning(UserWarning):
     """ANI-1 could not be found or downloaded: the bundled data set is used instead."""
 
@@ -110,6 +115,9 @@ def locate_dataset(
             )
             return bundled
     if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file name (a str or pathlib.Path), got {type(path).__name__}: "
+                            f"{path!r}. To load a registered data set by name, pass name=... instead.")
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataFileNotFoundError(
@@ -134,7 +142,7 @@ def locate_dataset(
             verify_checksum(candidate, info)
             return candidate
     if download is None:
-        download = os.environ.get(OFFLINE_ENV, "0") != "1"
+        download = not offline()
     searched = ", ".join(str(d) for d in candidate_dirs())
     if not download:
         raise DataFileNotFoundError(
@@ -179,9 +187,9 @@ def fetch_dataset(
         return target
     if info.archive_member is None:
         raise DownloadError(f"{info.name} has no download source; it ships with the repository.")
-    if os.environ.get(OFFLINE_ENV, "0") == "1":
+    if offline():
         raise DownloadError(
-            f"{info.filename} is not in {dest.name}/ and {OFFLINE_ENV}=1 forbids downloads. Unset "
+            f"{info.filename} is not in {dest.name}/ and {OFFLINE_ENV}={os.environ[OFFLINE_ENV]} forbids downloads. Unset "
             f"{OFFLINE_ENV} to download it, or set {DATA_DIR_ENV} to the folder that already holds it.")
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -207,6 +215,9 @@ def fetch_dataset(
 def _stream_member(url: str, member: str, out: BinaryIO, timeout: float, progress: bool) -> None:
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
+    except ValueError as exc:  # not a URL at all
+        raise DownloadError(f"{url!r} is not a URL ({exc}): pass an http(s):// address, or leave --url out "
+                            "to use the official ANI-1 release.") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(
             f"Could not reach {url} ({exc}). Check your internet connection, or download "

@@ -85,8 +85,12 @@ def _read_group(group: h5py.Group, name: str) -> Row:
             "the ANI-1 layout stores element symbols (b'C', b'H', ...). Write the symbols instead, e.g. "
             "with {1: 'H', 6: 'C', 7: 'N', 8: 'O'}.")
     symbols = _decode(raw_species)
-    coordinates = np.asarray(group["coordinates"][()], dtype=np.float32)
-    energies = np.asarray(group["energies"][()], dtype=np.float64)
+    if not symbols:
+        raise MalformedGroupError(
+            f"Group {name!r} has an empty 'species': each molecule needs at least one atom. "
+            "Remove the group from the file, or write its element symbols.")
+    coordinates = _numbers(group, "coordinates", name, np.float32)
+    energies = _numbers(group, "energies", name, np.float64)
     if coordinates.ndim >= 1 and coordinates.shape[0] == 0:
         raise MalformedGroupError(
             f"Group {name!r} holds no conformations (its 'coordinates' and 'energies' are empty). "
@@ -116,6 +120,17 @@ def _read_group(group: h5py.Group, name: str) -> Row:
                 f"{label} (first at index {int(np.argmax(bad))}). Drop them from the file."
             )
     return symbols, coordinates, energies, _read_forces(group, name, coordinates)
+
+
+def _numbers(group: h5py.Group, key: str, name: str, dtype: type) -> np.ndarray:
+    """``group[key]`` as an array of ``dtype``; a :class:`MalformedGroupError` if it holds no numbers."""
+    raw = group[key]
+    if not isinstance(raw, h5py.Dataset) or not np.issubdtype(raw.dtype, np.number):
+        found = type(raw).__name__ if not isinstance(raw, h5py.Dataset) else f"values of type {raw.dtype}"
+        raise MalformedGroupError(
+            f"Group {name!r}: {key!r} holds {found}, not numbers. Write the {key} as numbers "
+            f"({'in Å' if key == 'coordinates' else 'in Hartree'}).")
+    return np.asarray(raw[()], dtype=dtype)
 
 
 def _advice(path: Path) -> str:

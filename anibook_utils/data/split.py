@@ -11,6 +11,7 @@ say so.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -25,12 +26,20 @@ COURSE_SPLIT = 0.8
 """The course's training fraction (the other 20 % validated and reported)."""
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _fractions(fractions: float | Sequence[float]) -> tuple[float, ...]:
-    if isinstance(fractions, (int, float)):
+    if _is_number(fractions):
         if not 0.0 < fractions < 1.0:
             raise ValueError(f"train_fraction must lie strictly between 0 and 1, got {fractions}.")
         return float(fractions), 1.0 - float(fractions)
-    parts = tuple(float(f) for f in fractions)
+    try:
+        items = [] if isinstance(fractions, (str, bytes)) else list(fractions)
+    except TypeError:  # not iterable
+        items = []
+    parts = tuple(float(f) for f in items) if all(_is_number(f) for f in items) else ()
     if len(parts) < 2 or any(not 0.0 < f < 1.0 for f in parts) or not math.isclose(sum(parts), 1.0, abs_tol=1e-9):
         raise ValueError(
             f"fractions must be two or more numbers between 0 and 1 that add up to 1, e.g. (0.8, 0.1, 0.1); "
@@ -48,7 +57,9 @@ def split_indices(
     ``by="molecule"`` keeps every molecule whole in one part (an extrapolation test).
     """
     parts = _fractions(fractions)
-    generator = torch.Generator().manual_seed(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0 (e.g. seed=0), got {seed!r}.")
+    generator = torch.Generator().manual_seed(int(seed))
     n = len(data)
     bounds = [round(n * c) for c in (0.0, *torch.tensor(parts, dtype=torch.float64).cumsum(0).tolist())]
     if by == "conformation":
