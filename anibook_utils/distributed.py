@@ -31,11 +31,21 @@ __all__ = ["Distributed", "ModelStep"]
 
 class ModelStep(torch.nn.Module):
     """A model's two entry points behind one ``forward``, which is what DDP needs to see:
-    ``step(batch)`` for element buckets, ``step(species, aevs)`` for padded inputs."""
+    ``step(batch)`` for element buckets, ``step(species, aevs)`` for padded inputs.
+
+    A batch may lack an element (no water in it, say), and then that element's network takes
+    no part in the step. DDP is told to look for such parameters (``find_unused_parameters``):
+    where every rank's share lacks the element, DDP leaves the network's gradients unset and
+    the optimiser skips it, exactly as in one process; where only some shares lack it, the
+    others' gradients are averaged with zeros. ``idle`` is a parameter no step ever uses, so
+    DDP's search always finds something and never warns that the search was needless (the
+    optimisers and checkpoints see only the model's own parameters).
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.idle = torch.nn.Parameter(torch.zeros(1, device=next(model.parameters()).device))
 
     def forward(self, *inputs: Any) -> Tensor:
         if len(inputs) == 1:

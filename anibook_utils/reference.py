@@ -528,6 +528,8 @@ def generate_dataset(
 
 FORCE_UNIT = "Hartree/Angstrom"
 FORCE_DEFINITION = "minus the gradient of the energy with respect to the coordinates"
+FORCE_GENERATOR = ("anibook_utils.reference.add_forces (python -m anibook_utils reference add-forces FILE): "
+                   "analytic nuclear gradients at the level of theory the file records")
 
 
 def forces_progress_path(path: str | os.PathLike) -> Path:
@@ -633,6 +635,7 @@ def add_forces(path: str | os.PathLike, checkpoint_every: int = 25, progress: bo
                 src.copy(src[key], out, name=key)
         out.attrs["force_unit"] = FORCE_UNIT
         out.attrs["forces"] = FORCE_DEFINITION
+        out.attrs["force_generator"] = FORCE_GENERATOR
         out.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
         options = dict(compression="gzip", compression_opts=9, shuffle=True, track_times=False)
         for g in groups:

@@ -665,43 +665,33 @@ def _train_epoch(feed: Feeder, targets: _Targets, opt: _Optimisation, config: Tr
 
 def _train_epoch_stream(feed: StreamFeeder, targets: _Targets, opt: _Optimisation, config: TrainConfig,
                         stop_event: Any, distributed: Distributed | None, epoch: int) -> dict[str, float]:
-    """One pass over a stream read from disk: every rank reads its own chunks of the epoch's
-    order, so memory holds one batch at a time; metrics are summed over the ranks."""
+    """One pass over a stream read from disk: every rank reads its own share of every batch of
+    the epoch's order, so memory holds one batch at a time; losses are weighted as in memory
+    (DDP's average is the whole batch's mean gradient) and metrics summed over the ranks."""
     forces, device = config.force_weight > 0, feed.device
     rank, world = (distributed.rank, distributed.world_size) if distributed is not None else (0, 1)
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     atoms_total = torch.zeros((), dtype=torch.float64, device=device)
-    local_batch = max(1, config.batch_size // world)
-    steps = feed.stream.count_batches(local_batch, epoch, config.seed, rank, world)
-    if distributed is not None:  # every rank takes the same number of steps
-        steps = _min_over_ranks(distributed, steps, device)
-    steps = min(steps, opt.steps_per_epoch)
-    for species, coordinates, y, f_target in feed.batches(local_batch, epoch, config.seed, rank, world, steps):
+    for species, coordinates, y, f_target, total in feed.batches(config.batch_size, epoch, config.seed, rank, world):
         atoms = (species >= 0).sum(dim=1).float()
         energies, predicted_forces = feed.predict(species, coordinates, forces, create_graph=True)
         loss, error, force_error = _batch_loss(energies, y, atoms.sqrt(), config, targets.unit,
                                                *((predicted_forces, f_target, atoms) if forces else ()))
-        opt.step(loss)
-        with torch.no_grad():
-            e = error.detach().double()
-            sums += torch.stack([e.pow(2).sum(), e.abs().sum(), loss.detach().double() * len(e),
-                                 force_error.detach().double().pow(2).sum() if forces else e.new_zeros(()),
-                                 e.new_tensor(len(e))])
-            atoms_total += atoms.double().sum()
+        weight = world * len(y) / total if total > 0 else 0.0  # a placeholder row (total 0) weighs nothing
+        opt.step(loss * weight if world > 1 else loss)
+        if total > 0:
+            with torch.no_grad():
+                e = error.detach().double()
+                sums += torch.stack([e.pow(2).sum(), e.abs().sum(), loss.detach().double() * len(e),
+                                     force_error.detach().double().pow(2).sum() if forces else e.new_zeros(()),
+                                     e.new_tensor(len(e))])
+                atoms_total += atoms.double().sum()
         if _stop_requested(stop_event, distributed):
             raise _StopRequested
     if distributed is not None:
         sums, atoms_total = distributed.sum(sums), distributed.sum(atoms_total)
     targets.atoms = atoms_total.reshape(1).float()
     return _train_metrics(feed, targets, config, sums)
-
-
-def _min_over_ranks(distributed: Distributed, value: int, device: torch.device) -> int:
-    import torch.distributed as dist
-
-    tensor = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return int(tensor.item())
 
 
 def _train_metrics(feed: Feeder, targets: _Targets, config: TrainConfig, sums: Tensor) -> dict[str, float]:
@@ -927,7 +917,7 @@ def _prepare(model_or_spec: Any, train_data: ANIData, val_data: ANIData, config:
     train_feed = _feeder(model, train_data, config.feed, device, aev_constants, self_energies)
     if distributed is not None:
         train_feed.forward = distributed.wrap(model)
-    opt = _Optimisation(model, config, steps_per_epoch=_steps_per_epoch(train_data, config, distributed))
+    opt = _Optimisation(model, config, steps_per_epoch=_steps_per_epoch(train_data, config))
     run = _restore(state, model, opt, device, config) if state is not None else _RunState()
     targets.unit = float(model.output_scale) if hasattr(model, "output_scale") else targets.unit
     writes = folder if distributed is None or distributed.is_main else None  # rank 0 alone writes
@@ -937,13 +927,10 @@ def _prepare(model_or_spec: Any, train_data: ANIData, val_data: ANIData, config:
                     _feeder(model, val_data, config.feed, device, aev_constants, self_energies), opt, run, checkpoints)
 
 
-def _steps_per_epoch(data: ANIData | H5Stream, config: TrainConfig, distributed: Distributed | None) -> int:
-    """Optimiser steps per epoch (what a per-step schedule is planned for)."""
-    if not isinstance(data, H5Stream):
-        return math.ceil(len(data) / config.batch_size)
-    world = distributed.world_size if distributed is not None else 1
-    counts = [data.count_batches(max(1, config.batch_size // world), 1, config.seed, r, world) for r in range(world)]
-    return max(1, min(counts))
+def _steps_per_epoch(data: ANIData | H5Stream, config: TrainConfig) -> int:
+    """Optimiser steps per epoch (what a per-step schedule is planned for): one per batch of the
+    whole data set, however many processes share each batch."""
+    return data.steps(config.batch_size) if isinstance(data, H5Stream) else math.ceil(len(data) / config.batch_size)
 
 
 def _has_forces(data: ANIData | H5Stream) -> bool:

@@ -1,7 +1,8 @@
 """The benchmark suite: run sections, collect one results dict, format it as tables.
 
 Sections: training throughput (a/b/c loops), the machine's matrix-multiply limit, time to
-accuracy, and scaling (loading, molecule size). ``python -m benchmarks`` is the command line;
+accuracy, scaling (loading, molecule size) and streaming from disk (memory against size, cost
+per step; chapter 10). ``python -m benchmarks`` is the command line;
 the book's appendix calls :func:`run` and :func:`report` directly.
 
 ``device="cuda"`` moves the throughput and time-to-accuracy sections to the GPU (only the
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from anibook_utils.data import ANIData
     from anibook_utils.models import ArchitectureSpec
 
-SECTIONS = ("throughput", "limit", "accuracy", "loading", "size")
+SECTIONS = ("throughput", "limit", "accuracy", "loading", "size", "streaming")
 DEVICE_SECTIONS = ("throughput", "accuracy", "loading")
 """Sections that can run with a GPU ``device`` (loading does not use it; limit and size measure the CPU)."""
 BATCH_SIZES = (256, 2560)
@@ -173,6 +174,12 @@ def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, min_seconds: 
         from .molecule_size import size_scaling
         results["size"] = size_scaling(data, copies=(1, 2) if quick else (1, 2, 4), min_seconds=min_seconds,
                                        limit=512 if quick else 2048)
+    if "streaming" in sections:
+        from .streaming import streaming_memory, streaming_throughput
+        steps = 5 if quick else 20
+        results["streaming"] = {"memory": streaming_memory(data.source, (1, 10) if quick else (1, 10, 100),
+                                                           steps=steps),
+                                "throughput": streaming_throughput(data, steps=steps)}
     return results
 
 
@@ -235,4 +242,21 @@ def report(results: dict) -> str:
                 table(results["size"], [("atoms", "atoms", "d"), ("loop", "loop", ""),
                                         ("conformations_per_s", "conformations/s", ",.0f"),
                                         ("atoms_per_s", "atoms/s", ",.0f")])]
+    if "streaming" in results:
+        out += _streaming_lines(results["streaming"])
     return "\n".join(out)
+
+
+def _streaming_lines(streaming: dict) -> list[str]:
+    """Section 5: streamed training's memory against the data's size, and its cost per step."""
+    return ["", "5a. Streaming from disk: resident memory of streamed training (fresh process per size; "
+            "MB above the imports)",
+            table(streaming["memory"], [("repeat", "copies", "d"), ("conformations", "conformations", ",d"),
+                                        ("file_mb", "file MB", ".1f"), ("index_s", "index s", ".2f"),
+                                        ("setup_s", "setup s", ".2f"), ("setup_mb", "after setup MB", ".0f"),
+                                        ("train_mb", "after steps MB", ".0f"), ("step_ms", "ms/step", ".0f")]),
+            "", "5b. The same training step fed from memory and from disk (AEVs computed in the step)",
+            table(streaming["throughput"], [("path", "data", ""), ("batch_size", "batch", "d"),
+                                            ("step_ms", "ms/step", ".1f"),
+                                            ("conformations_per_s", "conformations/s", ",.0f"),
+                                            ("relative", "vs memory", ".2f")])]

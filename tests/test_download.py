@@ -136,3 +136,100 @@ def test_registry_entry_points_at_official_release():
     info = dataset_info("ani_gdb_s01")
     assert info.source_url == "https://ndownloader.figshare.com/files/9057631"
     assert info.archive_member == MEMBER
+
+
+# --- subsets with no published checksum: the digest is recorded at first download ----------------
+
+S02 = "ANI-1_release/ani_gdb_s02.h5"
+
+
+def small_h5(path: Path, energies: list[float]) -> bytes:
+    """A small ANI-1-layout file (two conformations of water), as bytes."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as handle:
+        group = handle.create_group("gdb11_s02/gdb11_s02-0")
+        group["species"] = np.array([b"O", b"H", b"H"])
+        group["coordinates"] = np.zeros((len(energies), 3, 3), dtype=np.float32)
+        group["energies"] = np.array(energies)
+    return path.read_bytes()
+
+
+def test_a_subset_without_published_checksum_records_its_digest_then_verifies_it(server, tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from anibook_utils.data import ChecksumMismatchError, locate_dataset
+    from anibook_utils.data.files import DigestRecordedWarning, digest_record
+
+    url, folder, log = server
+    payload = small_h5(tmp_path / "s02.h5", [-76.0, -76.1])
+    make_archive(folder / "release.tar.gz", {MEMBER: b"not needed", S02: payload})
+    dest = tmp_path / "data"
+    assert not dataset_info("ani_gdb_s02").published_digest
+    with pytest.warns(DigestRecordedWarning, match="no published checksum"):
+        path = fetch_dataset("ani_gdb_s02", dest, url=f"{url}/release.tar.gz", progress=False)
+    record = json.loads(digest_record(path).read_text())
+    assert record["sha256"] == hashlib.sha256(payload).hexdigest() and record["size"] == len(payload)
+    assert record["source"].endswith("release.tar.gz")
+    assert sorted(p.name for p in dest.iterdir()) == ["ani_gdb_s02.h5", "ani_gdb_s02.h5.sha256.json"]
+    # later uses are verified against the record, without the network
+    assert fetch_dataset("ani_gdb_s02", dest, url="http://127.0.0.1:9/none", progress=False) == path
+    assert len(log) == 1
+    damaged = bytearray(payload)
+    damaged[-10] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ChecksumMismatchError, match="recorded at first download"):
+        fetch_dataset("ani_gdb_s02", dest, progress=False)
+    monkeypatch.setenv("ANIBOOK_DATA_DIR", str(dest))
+    with pytest.raises(ChecksumMismatchError, match="sha256.json"):
+        locate_dataset("ani_gdb_s02", download=False)
+
+
+def test_a_new_download_must_match_the_recorded_digest(server, tmp_path):
+    from anibook_utils.data.files import DigestRecordedWarning
+
+    url, folder, _ = server
+    first = small_h5(tmp_path / "a.h5", [-76.0])
+    make_archive(folder / "a.tar.gz", {S02: first})
+    dest = tmp_path / "data"
+    with pytest.warns(DigestRecordedWarning):
+        path = fetch_dataset("ani_gdb_s02", dest, url=f"{url}/a.tar.gz", progress=False)
+    path.unlink()  # the file is gone, its record stays
+    make_archive(folder / "b.tar.gz", {S02: small_h5(tmp_path / "b.h5", [-75.0])})
+    with pytest.raises(DownloadError, match="the first download recorded"):
+        fetch_dataset("ani_gdb_s02", dest, url=f"{url}/b.tar.gz", progress=False)
+    assert not path.exists()
+    assert fetch_dataset("ani_gdb_s02", dest, url=f"{url}/a.tar.gz", progress=False).read_bytes() == first
+
+
+def test_a_member_that_is_not_hdf5_is_rejected_and_nothing_recorded(server, tmp_path):
+    url, folder, _ = server
+    make_archive(folder / "x.tar.gz", {S02: b"x" * 1000})
+    dest = tmp_path / "data"
+    with pytest.raises(DownloadError, match="not an HDF5 file"):
+        fetch_dataset("ani_gdb_s02", dest, url=f"{url}/x.tar.gz", progress=False)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_file_found_on_disk_without_a_record_is_recorded(tmp_path, monkeypatch):
+    from anibook_utils.data import locate_dataset
+    from anibook_utils.data.files import DigestRecordedWarning, recorded_digest
+
+    small_h5(tmp_path / "ani_gdb_s03.h5", [-76.0])
+    monkeypatch.setenv("ANIBOOK_DATA_DIR", str(tmp_path))
+    with pytest.warns(DigestRecordedWarning, match="recorded now"):
+        path = locate_dataset("ani_gdb_s03", download=False)
+    assert recorded_digest(path) is not None
+    locate_dataset("ani_gdb_s03", download=False)  # verified, no second warning needed
+
+
+def test_cli_says_when_it_records_a_digest_and_lists_unknown_sizes(server, tmp_path, capsys):
+    url, folder, _ = server
+    make_archive(folder / "r.tar.gz", {S02: small_h5(tmp_path / "s.h5", [-76.0])})
+    assert cli(["fetch-data", "--name", "ani_gdb_s02", "--dest", str(tmp_path / "d"), "--url", f"{url}/r.tar.gz"]) == 0
+    assert "note: ani_gdb_s02.h5 has no published checksum" in capsys.readouterr().err
+    assert cli(["list-data"]) == 0
+    listing = capsys.readouterr().out
+    assert "ani_gdb_s08" in listing and "unknown conformations" in listing

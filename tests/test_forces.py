@@ -88,3 +88,98 @@ def test_force_training_resumes_exactly(labelled, tmp_path):
     train(SMALL, train_set, val_set, config, checkpoint_dir=tmp_path / "cut", callback=interrupt, progress=False)
     resumed = train(SMALL, train_set, val_set, config, checkpoint_dir=tmp_path / "cut", resume=True, progress=False)
     assert [r["val_force_rmse"] for r in resumed.history] == [r["val_force_rmse"] for r in full.history]
+
+
+# ---------------------------------------------------------------- the bundled file's DFT forces
+
+
+def _bundled():
+    from anibook_utils.data import load_dataset
+
+    return load_dataset("anibook_nms_s01", download=False)  # checksum-verified against the registry
+
+
+def test_the_bundled_file_has_forces_for_every_conformation():
+    from anibook_utils.reference import EMBEDDED_DATASET, FORCE_DEFINITION, FORCE_UNIT
+
+    data = _bundled()
+    assert data.forces is not None and data.forces.shape == data.coordinates.shape
+    real = data.species >= 0
+    assert bool(torch.isfinite(data.forces).all())
+    assert float(data.forces[~real].abs().max()) == 0.0  # padding atoms carry no force
+    # A DFT energy does not change when the molecule moves as a whole, so exact forces sum to
+    # zero. PySCF's default gradient leaves out the response of the integration grid (which
+    # moves with the atoms), so these sum to zero only up to a few 1e-4 Hartree/Å: label noise
+    # of about 0.1 kcal/mol/Å per component (data/README.md, chapter 9).
+    net = data.forces.double().sum(dim=1)
+    assert float(net.abs().max()) < 1e-3 and float(net.pow(2).mean().sqrt()) < 3e-4  # Hartree/Å
+    with h5py.File(EMBEDDED_DATASET, "r") as f:
+        assert f.attrs["force_unit"] == FORCE_UNIT == "Hartree/Angstrom"
+        assert f.attrs["forces"] == FORCE_DEFINITION
+        assert "add_forces" in f.attrs["force_generator"]
+        for group in f[f.attrs["dataset"]].values():
+            assert group["forces"].dtype == np.float32 and group["forces"].compression == "gzip"
+
+
+@pytest.fixture(scope="module")
+def one_pyscf_thread():
+    pyscf = pytest.importorskip("pyscf", reason="optional extra: pip install anibook-utils[reference]")
+    before = pyscf.lib.num_threads()
+    pyscf.lib.num_threads(1)
+    yield
+    pyscf.lib.num_threads(before)
+
+
+@pytest.mark.usefixtures("one_pyscf_thread")
+def test_pyscf_recomputes_the_bundled_forces():
+    """One conformation per molecule, recomputed at the level of theory the file records."""
+    from anibook_utils import reference
+    from anibook_utils.data import HARTREE_TO_KCAL
+
+    data = _bundled()
+    with h5py.File(reference.EMBEDDED_DATASET, "r") as f:
+        level = reference._level_of_file(f.attrs)
+    rng = np.random.default_rng(9)
+    for mol in range(len(data.molecule_names)):
+        i = int(rng.choice(np.flatnonzero(data.molecule_ids.numpy() == mol)))
+        n = int(data.num_atoms[i])
+        point = reference.single_point(data.species[i, :n], data.coordinates[i, :n].double(), level, forces=True)
+        assert point.energy == pytest.approx(float(data.energies[i]), abs=1e-8)
+        difference = np.abs(point.forces - data.forces[i, :n].double().numpy()).max() * HARTREE_TO_KCAL
+        assert difference < 1e-3, f"{data.molecule_names[mol]} #{i}: {difference:.1e} kcal/mol/Å"
+
+
+@pytest.mark.usefixtures("one_pyscf_thread")
+def test_add_forces_resumes_after_an_interruption(tmp_path, monkeypatch):
+    from anibook_utils import reference
+
+    cheap = reference.LevelOfTheory(method="hf", basis="sto-3g")
+    tiny = reference.generate_dataset(tmp_path / "tiny.h5", {"H2O": 5}, 1000.0, seed=3, level=cheap,
+                                      progress=False).path
+    whole = tmp_path / "whole.h5"
+    whole.write_bytes(tiny.read_bytes())
+    assert reference.add_forces(whole, progress=False).computed == 5
+
+    real, calls = reference.single_point, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reference, "single_point", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reference.add_forces(tiny, checkpoint_every=100, progress=False)
+    assert reference.forces_progress_path(tiny).is_file()
+    assert read_ani_h5(tiny).forces is None  # the file is replaced only when complete
+    monkeypatch.setattr(reference, "single_point", real)
+    report = reference.add_forces(tiny, progress=False)
+    assert report.resumed and report.computed == 3 and report.max_energy_difference < 1e-6
+    assert not reference.forces_progress_path(tiny).exists()
+    np.testing.assert_allclose(read_ani_h5(tiny).forces.numpy(), read_ani_h5(whole).forces.numpy(), atol=1e-7)
+
+    with h5py.File(tiny, "a") as f:  # a file whose energies are not what its attributes say
+        f["anibook_nms_s01/anibook_nms_s01-0/energies"][0] += 1e-3
+    with pytest.raises(reference.GenerationMismatchError, match="level of theory"):
+        reference.add_forces(tiny, progress=False)

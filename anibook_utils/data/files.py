@@ -1,14 +1,22 @@
-"""Finding, verifying and downloading data files (chapter 1).
+"""Finding, verifying and downloading data files (chapter 1; recorded digests, chapter 10).
 
 Resolution order for a data set: an explicit path, then the directory named by the
 ``ANIBOOK_DATA_DIR`` environment variable, then ``data/`` in the repository, then a
 download from the official ANI-1 release archive.
+
+A registered file is checked against the registry's SHA-256. Where none was ever published
+(ANI-1's subsets s02 to s08), the first download records its digest in a small JSON file next
+to the data (``ani_gdb_s02.h5.sha256.json``), says so with a :class:`DigestRecordedWarning`,
+and every later use is verified against that record; a file found on disk without a record
+is recorded the same way ("trust on first use").
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 import shutil
 import tarfile
 import urllib.error
@@ -28,6 +36,7 @@ OFFLINE_ENV = "ANIBOOK_OFFLINE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_DATA_DIR = REPO_ROOT / "data"
 _CHUNK = 1 << 20
+DIGEST_SUFFIX = ".sha256.json"
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -50,17 +59,75 @@ def sha256_of(path: str | os.PathLike) -> str:
     return _DIGESTS[key]
 
 
-def verify_checksum(path: str | os.PathLike, info: DatasetInfo) -> None:
-    """Raise :class:`ChecksumMismatchError` unless ``path`` has the registry's SHA-256."""
-    actual = sha256_of(path)
-    if actual != info.sha256:
-        fix = ("restore the repository's copy with `git checkout -- data/`" if info.bundled else
-               f"delete it and run `python -m anibook_utils fetch-data --name {info.name}` to "
-               "download a fresh copy")
+class DigestRecordedWarning(UserWarning):
+    """A data file with no published checksum had its SHA-256 recorded (first download or first use)."""
+
+
+def digest_record(path: str | os.PathLike) -> Path:
+    """The JSON file that holds the recorded SHA-256 of ``path``: ``<file>.sha256.json`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def recorded_digest(path: str | os.PathLike) -> str | None:
+    """The SHA-256 recorded for ``path`` (None when there is no record); a damaged record is an error."""
+    record = digest_record(path)
+    if not record.is_file():
+        return None
+    try:
+        digest = json.loads(record.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise ChecksumMismatchError(
-            f"{path} is not the expected {info.filename}: its SHA-256 is {actual}, "
-            f"the registry expects {info.sha256}. The file is corrupt, truncated or a "
-            f"different version: {fix}."
+            f"{record.name} (the recorded digest of {Path(path).name}) is damaged ({exc!r}). Delete it and "
+            f"{Path(path).name}, then fetch the file again.") from None
+    if not (isinstance(digest, str) and len(digest) == 64):
+        raise ChecksumMismatchError(f"{record.name} holds no SHA-256 digest; delete it and {Path(path).name}, "
+                                    "then fetch the file again.")
+    return digest
+
+
+def record_digest(path: str | os.PathLike, info: DatasetInfo, source: str, digest: str | None = None,
+                  measured: str | os.PathLike | None = None) -> str:
+    """Record the SHA-256 of ``path`` beside it and return it; ``digest`` and ``measured`` (the
+    file it was computed from, e.g. a download not yet renamed into place) default to ``path``'s."""
+    path = Path(path)
+    measured = Path(measured) if measured is not None else path
+    digest = digest or sha256_of(measured)
+    payload = {"name": info.name, "filename": info.filename, "sha256": digest, "size": measured.stat().st_size,
+               "recorded": time.strftime("%Y-%m-%d %H:%M:%S %z"), "source": source,
+               "note": "No checksum was published for this file; this digest was recorded when it was first "
+                       "downloaded (or first found), and later uses are verified against it."}
+    with atomic_write(digest_record(path)) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    return digest
+
+
+def _fix(info: DatasetInfo) -> str:
+    if info.bundled:
+        return "restore the repository's copy with `git checkout -- data/`"
+    record = "" if info.published_digest else f" and its {info.filename}{DIGEST_SUFFIX}"
+    return (f"delete it{record} and run `python -m anibook_utils fetch-data --name {info.name}` to "
+            "download a fresh copy")
+
+
+def verify_checksum(path: str | os.PathLike, info: DatasetInfo) -> None:
+    """Raise :class:`ChecksumMismatchError` unless ``path`` has the registry's SHA-256, or, for a
+    file with no published checksum, the one recorded beside it (recorded now, with a
+    :class:`DigestRecordedWarning`, if there is no record yet)."""
+    actual = sha256_of(path)
+    expected, where = info.sha256, "the registry expects"
+    if not info.published_digest:
+        expected, where = recorded_digest(path), f"{info.filename}{DIGEST_SUFFIX} (recorded at first download) holds"
+        if expected is None:
+            record_digest(path, info, source="found on disk", digest=actual)
+            warnings.warn(f"{info.filename} has no published checksum and no recorded one: its SHA-256 {actual} "
+                          f"was recorded now in {info.filename}{DIGEST_SUFFIX}; later uses are verified against it.",
+                          DigestRecordedWarning, stacklevel=2)
+            return
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"{path} is not the expected {info.filename}: its SHA-256 is {actual}, {where} {expected}. "
+            f"The file is corrupt, truncated or a different version: {_fix(info)}."
         )
 
 
@@ -176,8 +243,11 @@ def fetch_dataset(
     """Download data set ``name`` into ``dest_dir`` and return its path.
 
     The release archive is streamed: only the wanted member is extracted, to a
-    temporary file that is checksum-verified before it is renamed into place. A
-    verified file already in ``dest_dir`` is reused without any network access.
+    temporary file that is checksum-verified before it is renamed into place (against the
+    registry's SHA-256; for a file with none published, against the digest recorded at its
+    first download, or, at the first download, recorded now with a
+    :class:`DigestRecordedWarning`). A verified file already in ``dest_dir`` is reused
+    without any network access.
     """
     info = dataset_info(name)
     dest = Path(dest_dir) if dest_dir is not None else download_dir()
@@ -203,13 +273,36 @@ def fetch_dataset(
         with atomic_write(target) as tmp:
             with open(tmp, "wb") as out:
                 _stream_member(url, info.archive_member, out, timeout, progress)
-            verify_checksum(tmp, info)
+            _check_download(tmp, target, info, url)
     except ChecksumMismatchError as exc:
         raise DownloadError(
             f"The download of {info.filename} from {url} did not match its checksum "
             f"(the transfer was corrupted or cut short); nothing was kept. Try again. {exc}"
         ) from exc
     return target
+
+
+def _check_download(tmp: Path, target: Path, info: DatasetInfo, url: str) -> None:
+    """Verify a finished download (in ``tmp``) before it becomes ``target``: against the registry's
+    digest, else against a digest recorded at an earlier download, else record it now."""
+    if info.published_digest:
+        verify_checksum(tmp, info)
+        return
+    import h5py
+
+    if not h5py.is_hdf5(tmp):
+        raise DownloadError(f"The member {info.archive_member} of {url} is not an HDF5 file; nothing was kept.")
+    actual, earlier = sha256_of(tmp), recorded_digest(target)
+    if earlier is not None and actual != earlier:
+        raise DownloadError(
+            f"The download of {info.filename} from {url} has SHA-256 {actual}, but the first download recorded "
+            f"{earlier} in {target.name}{DIGEST_SUFFIX}: the transfer was corrupted or the archive changed; "
+            f"nothing was kept. Try again; to accept the new file, delete {target.name}{DIGEST_SUFFIX} first.")
+    if earlier is None:
+        record_digest(target, info, source=url, digest=actual, measured=tmp)
+        warnings.warn(f"{info.filename} has no published checksum: the SHA-256 of this first download, {actual}, "
+                      f"was recorded in {target.name}{DIGEST_SUFFIX}; later uses are verified against it.",
+                      DigestRecordedWarning, stacklevel=3)
 
 
 def _stream_member(url: str, member: str, out: BinaryIO, timeout: float, progress: bool) -> None:

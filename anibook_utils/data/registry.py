@@ -1,6 +1,10 @@
-"""The registry of data sets the book knows (chapter 1).
+"""The registry of data sets the book knows (chapter 1; the larger ANI-1 subsets, chapter 10).
 
-``data/README.md`` shows the same table for people; a test keeps the two in step.
+``data/README.md`` shows the same table for people; a test keeps the two in step. The ANI-1
+release publishes no checksums: ``ani_gdb_s01``'s SHA-256 was recorded by this project, and
+for the other subsets (``ani_gdb_s02`` ... ``ani_gdb_s08``), which the project has not
+downloaded, ``sha256`` is empty: the downloader records the digest of the first download next
+to the file (``<file>.sha256.json``) and verifies every later use against it.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ ANI1_CITATION = (
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One known data file: where it comes from and how to check it."""
+    """One known data file: where it comes from and how to check it.
+
+    ``sha256`` is empty, and ``size`` and ``conformations`` are None, where no one has published
+    them (then the SHA-256 is recorded at first download, see :mod:`anibook_utils.data.files`).
+    """
 
     name: str
     filename: str
     sha256: str
-    size: int
-    conformations: int
+    size: int | None
+    conformations: int | None
     description: str
     source_url: str
     archive_member: str | None
@@ -32,6 +40,11 @@ class DatasetInfo:
     licence: str
     citation: str
     bundled: bool = False
+
+    @property
+    def published_digest(self) -> bool:
+        """True when the registry itself holds the file's SHA-256 (else it is recorded at first download)."""
+        return bool(self.sha256)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -51,8 +64,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "anibook_nms_s01": DatasetInfo(
         name="anibook_nms_s01",
         filename="anibook_nms_s01.h5",
-        sha256="0df8df2ef019f47288c55eea545fa4c82ac6aaea6850b36ca72923f01eb706ce",
-        size=150_007,
+        sha256="b6e492a96bfea532f787286db9e5c778cf67c98e0aea8624ab5499d91310f6a3",
+        size=273_070,
         conformations=2_160,
         description="CH4, NH3, H2O by normal-mode sampling, relabelled with PySCF at wB97x/6-31G(d) "
                     "(chapter 8); ships with the book, used when ANI-1 cannot be had",
@@ -64,6 +77,22 @@ DATASETS: dict[str, DatasetInfo] = {
         bundled=True,
     ),
 }
+
+
+def _ani1_subset(heavy_atoms: int) -> DatasetInfo:
+    """ANI-1's subset of GDB-11 molecules with ``heavy_atoms`` heavy atoms (C, N, O): a member
+    of the same release archive as s01, with no published checksum, size or count."""
+    name = f"ani_gdb_s{heavy_atoms:02d}"
+    return DatasetInfo(
+        name=name, filename=f"{name}.h5", sha256="", size=None, conformations=None,
+        description=f"ANI-1, molecules with {heavy_atoms} heavy atoms (C, N, O), wB97x/6-31G(d); "
+                    "SHA-256 recorded at first download",
+        source_url=ANI1_ARCHIVE_URL, archive_member=f"ANI-1_release/{name}.h5",
+        doi="10.6084/m9.figshare.c.3846712", licence="CC BY 4.0", citation=ANI1_CITATION,
+    )
+
+
+DATASETS.update({f"ani_gdb_s{n:02d}": _ani1_subset(n) for n in range(2, 9)})
 
 DEFAULT_DATASET = "ani_gdb_s01"
 FALLBACK_DATASET = "anibook_nms_s01"
