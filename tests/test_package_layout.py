@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     # the engine's parts
     "history": 3, "checkpoints": 3, "feeding": 3, "potential": 3,
     # recipes
-    "training": 4, "torchani_example": 4, "calculator": 4,
+    "training": 4, "torchani_example": 4, "torchani_current": 4, "calculator": 4,
     # what chapters drive: grids, the panel, Colab, the command line, the book build
     "experiments": 5, "widgets": 5, "colab": 5, "sphinx_fixes": 5, "__main__": 5, "__init__": 5,
 }
