@@ -6,8 +6,9 @@ computed by the network of that atom's element from the atom's AEV. This module 
 - :class:`ArchitectureSpec`: the per-element layer widths and activation as *data*
   (validated, serialisable), so chapters, widgets and experiments build models from dicts;
 - :class:`MaskedANIModel`: the clean model built from a spec (:func:`build_model`);
-- :class:`CourseMaskedANIModel`: the course's original forward pass (a ``-1``-filled buffer
-  written through boolean masks), kept so chapters and benchmarks can compare with it;
+- :class:`CourseMaskedANIModel`: the course's forward pass as its report prints it (a
+  ``-1``-filled buffer written through boolean masks), kept so chapters and benchmarks can
+  train and compare it;
 - :class:`ElementBuckets` / :class:`ElementBatch`: the training engine's fast data layout,
   each element's AEV rows stored once with the conformation that owns them, so a step
   gathers rows, runs the element's network and adds atomic energies into molecular ones
@@ -427,34 +428,66 @@ class MaskedANIModel(torch.nn.Module):
 
 
 class CourseMaskedANIModel(MaskedANIModel):
-    """The course's original forward pass (reconstructed), kept for comparison and timing.
+    """The course's forward pass, as in its report's appendix (``ANIModel.mask_aevs``), kept
+    so chapters and benchmarks can train, time and compare it (chapter 4).
 
-    It fills a buffer shaped like ``species`` with ``-1``, writes each element's network
-    output into it through a boolean mask, and sums over atoms::
+    The atoms of the batch are flattened; a buffer with one entry per atom is made on the
+    AEVs' device and in their dtype and filled with ``-1``; each element's network writes its
+    atoms' energies into it through a boolean mask; the buffer is reshaped to the padded
+    species and summed over atoms::
 
-        out = torch.full(species.shape, -1.0)
-        for i, net in enumerate(networks):
-            mask = species == i
-            out[mask] = net(aevs[mask]).flatten()
-        return out.sum(dim=1)
+        species_1d, aevs = species.flatten(), aevs.flatten(0, 1)
+        energies = torch.empty(aevs.shape[0], dtype=aevs.dtype, device=aevs.device).fill_(-1)
+        for symbol, net in networks.items():            # H, C, N, O
+            mask = species_1d == {"H": 0, "C": 1, "N": 2, "O": 3}[symbol]
+            atom_indices = torch.where(mask)[0]
+            if atom_indices.shape[0] > 0:
+                energies[mask] = net(aevs[atom_indices]).flatten()
+        return energies.reshape(species.shape).sum(dim=1)
 
-    The ``-1`` left at padding atoms leaks into the sum: a conformation padded with ``k``
-    atoms gets ``-k`` Hartree added, so its predicted energy depends on how wide its batch
-    was padded. The buffer is also created on the CPU in the default dtype whatever the
-    input's device and dtype. Same parameters and state-dict keys as :class:`MaskedANIModel`.
+    Nothing overwrites the ``-1`` at padding atoms (species ``-1``), so a conformation padded
+    with ``k`` atoms gets ``-k`` (Hartree) added: its energy depends on how wide its batch was
+    padded. Everything else follows the inputs' device and dtype, as the course's code did.
+    One addition: an element without a network raises :class:`UnsupportedSpeciesError`, where
+    the course's code would silently leave its ``-1`` in the sum.
+    The course's model had no output scale, so ``output_scale`` is not applied (with
+    ``TrainConfig(standardize=True)`` the engine then only rescales the loss). Same networks,
+    parameters and state-dict keys as :class:`MaskedANIModel`; it has no bucketed path, so
+    train it with ``TrainConfig(feed="padded")`` (the course's padded batches) or ``"in_step"``.
     """
 
     def forward(self, species: Tensor, aevs: Tensor) -> Tensor:
-        out = torch.full(species.shape, -1.0)
-        for i, net in enumerate(self.networks.values()):
-            mask = species == i
-            out[mask] = net(aevs[mask]).flatten()
-        return out.sum(dim=1)
+        """Molecular energies ``(N,)``: the course's masked sum, ``-1`` per padding atom included."""
+        if species.shape != aevs.shape[:-1] or aevs.shape[-1] != self.aev_dim:
+            raise ValueError(
+                f"Expected species (N, A) and AEVs (N, A, {self.aev_dim}); got {tuple(species.shape)} "
+                f"and {tuple(aevs.shape)}."
+            )
+        self._check_species(species)
+        species_1d = species.flatten()
+        flat_aevs = aevs.flatten(0, 1)
+        energies = torch.empty(flat_aevs.shape[0], dtype=flat_aevs.dtype, device=flat_aevs.device).fill_(-1)
+        for symbol, net in self.networks.items():
+            mask = species_1d == ELEMENTS.index(symbol)
+            atom_indices = torch.where(mask)[0]
+            if atom_indices.shape[0] > 0:
+                energies[mask] = net(flat_aevs[atom_indices]).flatten()
+        return energies.reshape(species.shape).sum(dim=1)
+
+    def atomic_energies(self, species: Tensor, aevs: Tensor) -> Tensor:
+        """The course's per-atom buffer ``(N, A)`` before the sum: ``-1`` at padding atoms."""
+        self._check_species(species)
+        energies = torch.empty(species.shape, dtype=aevs.dtype, device=aevs.device).fill_(-1)
+        for symbol, net in self.networks.items():
+            mask = species == ELEMENTS.index(symbol)
+            if bool(mask.any()):
+                energies[mask] = net(aevs[mask]).flatten()
+        return energies
 
     def forward_batch(self, batch: ElementBatch) -> Tensor:
         raise NotImplementedError(
-            "CourseMaskedANIModel only has the padded forward(species, aevs); train it with "
-            "TrainConfig(fast_path=False) or use MaskedANIModel."
+            "CourseMaskedANIModel only has the course's padded forward(species, aevs); train it with "
+            "TrainConfig(feed='padded') or use MaskedANIModel."
         )
 
 

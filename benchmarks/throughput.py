@@ -8,15 +8,17 @@ Three loops over the same training conformations, the same architecture and Adam
     every step on the padded batch, then ``ANINetworks``; AdamW on weights + SGD on biases
     (the other loops use Adam: the optimizer step is a small part of a step either way).
 (c) ``course``: the course's masked model (``CourseMaskedANIModel``) on padded batches,
-    with the AEVs computed in each step as in (b) (``course``), and also on precomputed
-    padded AEVs (``course_precomputed``), which separates the cost of the AEVs from the cost
-    of the boolean-mask routing.
+    with the AEVs computed in each step as in (b) (``course``); on precomputed padded AEVs as
+    torchani computes them (``course_precomputed``), which separates the cost of the AEVs; and
+    on precomputed AEVs with their tiny entries zeroed as the engine's are
+    (``course_flushed``, :func:`~anibook_utils.models.flush_tiny`), which separates the cost
+    of the subnormal numbers those entries cause in the backward pass (chapter 4) from the
+    cost of the boolean-mask routing.
 
 Every loop takes a ``device`` (default the CPU). On a GPU the harness synchronises the
 device before starting and before stopping the clock, so queued kernels are counted; a loop
-that cannot run there (the course's model builds its buffer on the CPU) is reported with its
-error instead of stopping the suite. The permutations are always drawn on the CPU, so every
-device sees the same batches.
+that fails there is reported with its error instead of stopping the suite. The permutations
+are always drawn on the CPU, so every device sees the same batches.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from anibook_utils.aev import aev_computer, precompute_aevs
 from anibook_utils.data import ANIData
-from anibook_utils.models import ArchitectureSpec, build_model
+from anibook_utils.models import ArchitectureSpec, build_model, flush_tiny
 from anibook_utils.torchani_example import build_example_model, example_optimizers, torchani_example_step
 from anibook_utils.feeding import prepare_buckets
 from anibook_utils.self_energy import fit_self_energies, shift_energies
@@ -117,18 +119,23 @@ def torchani_step(data: ANIData, spec: ArchitectureSpec,
 
 
 def course_step(data: ANIData, spec: ArchitectureSpec, precomputed: bool,
-                device: str | torch.device = "cpu") -> tuple[Epoch, torch.nn.Module]:
-    """(c) The course's masked model on padded batches (AEVs per step, or precomputed).
+                device: str | torch.device = "cpu", flush: bool = False) -> tuple[Epoch, torch.nn.Module]:
+    """(c) The course's masked model on padded batches: AEVs per step, or precomputed (as
+    torchani computes them, or with ``flush`` their tiny entries zeroed as the engine's are).
 
-    On a GPU the course's forward fails by design: it builds its ``-1`` buffer on the CPU
-    whatever the input's device (see ``CourseMaskedANIModel``)."""
+    Its ``-1`` buffer follows the inputs' device and dtype, as in the course's code."""
+    if flush and not precomputed:
+        raise ValueError("flush=True needs precomputed=True: the AEVs computed in a step are used as they are.")
     device = torch.device(device)
     model = build_model(spec, seed=0, course=True).to(device)
     computer = aev_computer(device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     y = _targets(data).to(device)
     all_species, all_coordinates = data.species.to(device), data.coordinates.to(device)
-    aevs = precompute_aevs(data).to(device) if precomputed else None
+    aevs = None
+    if precomputed:
+        aevs = precompute_aevs(data)
+        aevs = (flush_tiny(aevs) if flush else aevs).to(device)
 
     def step(host_index: torch.Tensor, index: torch.Tensor) -> None:
         species = all_species.index_select(0, index)
@@ -153,6 +160,7 @@ LOOPS: dict[str, Loop] = {
     "torchani": torchani_step,
     "course": lambda data, spec, device="cpu": course_step(data, spec, False, device),
     "course_precomputed": lambda data, spec, device="cpu": course_step(data, spec, True, device),
+    "course_flushed": lambda data, spec, device="cpu": course_step(data, spec, True, device, flush=True),
 }
 
 

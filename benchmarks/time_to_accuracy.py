@@ -1,6 +1,7 @@
 """Time to accuracy: wall time until the validation RMSE first reaches 1.0 and 0.3 kcal/mol.
 
-Both recipes train on the seeded 80/20 split of ani_gdb_s01 and are capped in time; a
+Both recipes train on the training part of the book's seeded 80/10/10 split of ani_gdb_s01
+(watching its validation part) and are capped in time; a
 threshold not reached within the cap is reported as such (None), never extrapolated.
 Both take a ``device``; the training engine and the example synchronise a GPU whenever
 they read a metric, so their epoch times include the queued kernels.

@@ -154,3 +154,18 @@ def test_device_option_is_checked_before_anything_runs(capsys):
         main(["--device", "cuda", "--sections", "throughput,limit"])
     message = capsys.readouterr().err
     assert "no CUDA GPU is visible" in message if not torch.cuda.is_available() else "drop limit" in message
+
+
+def test_course_loops_separate_the_aevs_the_subnormals_and_the_masks(real_data):
+    """course (AEVs per step), course_precomputed (AEVs as computed), course_flushed (tiny entries zeroed)."""
+    from anibook_utils.models import ArchitectureSpec
+    from benchmarks import throughput
+    from benchmarks.suite import _ratios
+
+    assert {"course", "course_precomputed", "course_flushed"} <= set(throughput.LOOPS)
+    with pytest.raises(ValueError, match="precomputed=True"):
+        throughput.course_step(real_data, ArchitectureSpec.course(), precomputed=False, flush=True)
+    rows = throughput.measure_throughput(real_data.subset(torch.arange(128)), (64,),
+                                         loops=("engine", "course_flushed"), min_seconds=0.01)
+    assert all(r["conformations_per_s"] > 0 for r in rows)
+    assert set(_ratios(rows, (64,))) == {"engine/course_flushed@64"}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from test_aev import TOLERANCE
-
-pytestmark = pytest.mark.usefixtures("real_data")
+from test_ch01_data import exercise_problems
 
 
 @pytest.mark.notebook
+@pytest.mark.usefixtures("real_data")
 def test_chapter_runs_and_records_its_numbers(run_chapter):
     metrics = run_chapter("03_aevs")
     assert metrics["aev_length"] == 384
@@ -22,3 +25,19 @@ def test_chapter_runs_and_records_its_numbers(run_chapter):
     for key in ("time_precompute_s", "time_in_model_epoch_s", "time_in_model_with_forces_epoch_s",
                 "time_cached_epoch_s"):
         assert metrics[key] > 0, key
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "book" / "03_aevs.ipynb"
+
+
+def test_timing_code_is_hidden_behind_a_toggle():
+    """The page shows the ideas (what is timed); the harness that times them sits in hidden input."""
+    for cell in json.loads(NOTEBOOK.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and ("perf_counter" in source or "best_time(" in source):
+            tags = cell["metadata"].get("tags", [])
+            assert {"hide-input", "hide-cell", "remove-input", "remove-cell"} & set(tags), source[:80]
+
+
+def test_chapter_3_ends_with_graded_exercises():
+    assert exercise_problems(NOTEBOOK) == []

@@ -128,6 +128,50 @@ def test_course_model_leaks_minus_one_per_padding_atom(batch):
     leak = course(species, aevs) - clean(species, aevs)
     assert padding.max() > 0
     assert torch.allclose(leak, -padding, atol=1e-5)
+    atomic = course.atomic_energies(species, aevs)
+    assert torch.all(atomic[species < 0] == -1)
+    assert torch.allclose(atomic.sum(dim=1), course(species, aevs), atol=1e-5)
+
+
+def _report_mask_aevs(sub_nets, species, aevs):
+    """The course report's appendix, ``ANIModel.mask_aevs`` and the sum of ``forward``, verbatim."""
+    species_1d = species.flatten()
+    aevs = aevs.flatten(0, 1)
+    aevs_shape = aevs.shape
+    energies = torch.empty(aevs_shape[0], dtype=aevs.dtype, device=aevs.device).fill_(-1)
+    atom_symbol_map = {'H': 0, 'C': 1, 'N': 2, 'O': 3}
+    for atom_symbol, net in sub_nets.items():
+        atom_type = atom_symbol_map[atom_symbol]
+        mask = (species_1d == atom_type)
+        atom_indices = torch.where(mask)[0]
+        if atom_indices.shape[0] > 0:
+            masked_aevs = aevs[atom_indices].to(aevs.device)
+            energies[mask] = net(masked_aevs).flatten()
+    energies = energies.reshape(species.shape)
+    return torch.sum(energies, dim=1)
+
+
+def test_course_model_is_the_report_code_and_follows_the_inputs_dtype(batch):
+    species, aevs = batch
+    course = build_model(seed=0, course=True)
+    assert torch.equal(course(species, aevs), _report_mask_aevs(course.networks, species, aevs))
+    # the buffer follows the inputs: float64 AEVs give float64 energies, on the inputs' device
+    course64 = build_model(seed=0, course=True).double()
+    energies = course64(species, aevs.double())
+    assert energies.dtype == torch.float64 and energies.device == aevs.device
+    assert torch.allclose(energies, _report_mask_aevs(course64.networks, species, aevs.double()), atol=1e-12)
+    # gradients flow through the masked writes into every network that has atoms
+    course(species, aevs).sum().backward()
+    assert all(net[0].weight.grad is not None for net in course.networks.values())
+
+
+def test_course_model_refuses_buckets_and_bad_shapes(batch):
+    species, aevs = batch
+    course = build_model(seed=0, course=True)
+    with pytest.raises(NotImplementedError, match="feed='padded'"):
+        course.forward_batch(ElementBuckets.from_padded(species, aevs).batch())
+    with pytest.raises(ValueError, match="Expected species"):
+        course(species, aevs[..., :10])
 
 
 def test_bucketed_batches_equal_the_padded_forward(batch):
