@@ -20,7 +20,9 @@ from typing import Sequence
 REPOSITORY_URL = "https://github.com/anibook/anibook"
 REPOSITORY_BRANCH = "main"
 
-CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {"08_reference_labels": ("reference",), "09_using_the_potential": ("reference",)}
+CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {"08_reference_labels": ("reference",),
+                                               "09_using_the_potential": ("reference",),
+                                               "11_active_learning": ("reference",)}
 """Optional dependencies (``pyproject.toml`` extras) a chapter's setup cell installs on Colab."""
 
 

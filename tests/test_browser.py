@@ -18,31 +18,25 @@ import functools
 import http.server
 import json
 import mimetypes
-import os
-import re
-import shutil
-import subprocess
-import tarfile
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
 from anibook_utils.colab import REPOSITORY_BRANCH
 from book_layout import toc_files
+from browser_support import (  # noqa: F401  (screenshots, npm_mirror: fixtures used below)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    NpmMirror,
+    missing,
+    npm_mirror,
+    screenshots,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("ANIBOOK_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
-JSDELIVR_NPM = re.compile(
-    r"https://cdn\.jsdelivr\.net/npm/(?P<name>(?:@[^/@]+/)?[^/@]+)@(?P<version>[^/]+)/(?P<path>[^?#]+)"
-)
 TIMEOUT_MS = 30_000
 
 pytestmark = pytest.mark.notebook
@@ -61,76 +55,7 @@ def expected_figures(entry: str) -> int:
     return sum(c["cell_type"] == "code" and "plt.show()" in "".join(c["source"]) for c in cells)
 
 
-def missing(reason: str) -> None:
-    """Skip locally, fail on CI: CI must run the browser tests."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: the browser tests must run there)")
-    pytest.skip(reason)
-
-
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def screenshots() -> Path:
-    base = Path(os.environ.get("ANIBOOK_ARTIFACTS_DIR") or ROOT / "_build")
-    folder = base / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-class NpmMirror:
-    """The files jsDelivr serves under /npm/NAME@VERSION/, taken from the npm package itself."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.failures: dict[str, str] = {}
-
-    def package(self, name: str, version: str) -> Path | None:
-        spec = f"{name}@{version}"
-        target = self.folder / spec.replace("/", "+")
-        if target.is_dir() or spec in self.failures:
-            return target if target.is_dir() else None
-        npm = shutil.which("npm")
-        if npm is None:
-            self.failures[spec] = "npm is not installed"
-            return None
-        with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
-            packed = subprocess.run([npm, "pack", spec, "--json", "--pack-destination", tmp],
-                                    capture_output=True, text=True, timeout=300)
-            if packed.returncode != 0:
-                self.failures[spec] = f"npm pack {spec} failed: {packed.stderr[-500:]}"
-                return None
-            tarball = Path(tmp) / json.loads(packed.stdout)[0]["filename"]
-            with tarfile.open(tarball) as archive:
-                archive.extractall(Path(tmp) / "unpacked", filter="data")
-            try:
-                (Path(tmp) / "unpacked").rename(target)
-            except OSError:
-                if not target.is_dir():  # else another test session unpacked it first
-                    raise
-        return target
-
-    def file(self, url: str) -> tuple[Path | None, str]:
-        """The local copy of a jsDelivr URL, or None and why not."""
-        match = JSDELIVR_NPM.match(url)
-        if not match:
-            return None, "not a jsDelivr /npm/ URL"
-        root = self.package(match["name"], match["version"])
-        if root is None:
-            return None, self.failures[f"{match['name']}@{match['version']}"]
-        root = root.resolve()
-        local = (root / "package" / unquote(match["path"])).resolve()
-        if local.is_relative_to(root) and local.is_file():
-            return local, ""
-        return None, f"the npm package has no {match['path']}"
-
-
-@pytest.fixture(scope="session")
-def npm_mirror() -> NpmMirror:
-    folder = Path(os.environ.get("ANIBOOK_NPM_MIRROR") or Path.home() / ".cache" / "anibook" / "npm")
-    folder.mkdir(parents=True, exist_ok=True)
-    return NpmMirror(folder)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ LAYERS: dict[str, int] = {
     # recipes
     "training": 4, "torchani_example": 4, "torchani_current": 4, "calculator": 4, "dynamics": 4,
     # what chapters drive: grids, the panel, Colab, the command line, the book build
-    "experiments": 5, "widgets": 5, "colab": 5, "sphinx_fixes": 5, "__main__": 5, "__init__": 5,
-    "cli_train": 5,
+    "experiments": 5, "ensemble": 5, "active_learning": 5, "widgets": 5, "colab": 5, "sphinx_fixes": 5,
+    "__main__": 5, "__init__": 5, "cli_train": 5,
 }
 
 

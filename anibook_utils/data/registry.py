@@ -76,6 +76,21 @@ DATASETS: dict[str, DatasetInfo] = {
         citation="The ANI Book, chapter 8 (generated with `python -m anibook_utils reference generate`)",
         bundled=True,
     ),
+    "anibook_al_pool": DatasetInfo(
+        name="anibook_al_pool",
+        filename="anibook_al_pool.h5",
+        sha256="3ee0b5bc3f60506b8481bf5502963529e2319c43621e01ff9854f2296e9ca45e",
+        size=358_516,
+        conformations=1_698,
+        description="CH4, NH3, H2O candidates for active learning (chapter 11): normal-mode sampling at "
+                    "300-5000 K, hot MD and bond scans, labelled with PySCF at wB97x/6-31G(d)",
+        source_url="",
+        archive_member=None,
+        doi="",
+        licence="CC BY 4.0",
+        citation="The ANI Book, chapter 11 (generated with `python -m anibook_utils.active_learning generate-pool`)",
+        bundled=True,
+    ),
 }
 
 
