@@ -16,6 +16,8 @@ Each module belongs to the chapter that introduces it:
 - ``anibook_utils.colab``: the setup cell that opens every chapter (chapter 7)
 - ``anibook_utils.reference``: PySCF labels at the ANI-1 level, data-set generation (chapter 8)
 - ``anibook_utils.sampling``: normal-mode sampling (chapter 8)
+- ``anibook_utils.calculator``, ``dynamics``: the ASE calculator, geometry optimisation, vibrations and molecular dynamics (chapter 9)
+- ``anibook_utils.streaming``, ``distributed``, ``cli_train``: streamed training from disk, torch.distributed, the command-line trainer (chapter 10)
 - ``anibook_utils.ensemble``: ensembles of models, their disagreement as an uncertainty (chapter 11)
 - ``anibook_utils.active_learning``: the candidate pool and the pool-based active-learning loop (chapter 11)
 - ``anibook_utils.notebook``, ``timing``: metric records, glue and timings for the chapters (every chapter)
