@@ -230,7 +230,13 @@ def _table_html(frame) -> str:
     for name in shown.columns:
         spec = formats.get(name, "{:.1f}" if name.startswith("s to ") else "{}")
         shown[name] = ["–" if _missing(v) else spec.format(v) for v in frame[name].tolist()]
-    return shown.to_html(index=False, border=0, classes="anibook-runs")
+    html = shown.to_html(index=False, border=0, classes="anibook-runs")
+    # Inline padding: the classic Notebook (ipywidgets 7, Colab's) gives an HTML widget's table none,
+    # so headers and numbers would run together.
+    return html.replace("<th>", f'<th style="{_CELL_STYLE}">').replace("<td>", f'<td style="{_CELL_STYLE}">')
+
+
+_CELL_STYLE = "padding: 2px 10px; text-align: right; white-space: nowrap"
 
 
 class TrainingPanel:

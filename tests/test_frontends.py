@@ -621,16 +621,11 @@ def test_interactive_panel(tab, screenshots):
     assert not tab.problems(), f"{kind}:\n" + "\n".join(tab.problems())
 
 
-def test_runs_table_is_legible(server, request):
+def test_runs_table_is_legible(server):
     """The runs table's columns stand apart (measured by test_interactive_panel after Stop)."""
     gap = server.measured.get("runs_table_gap_px")
     if gap is None:
         pytest.skip("test_interactive_panel did not measure the runs table in this session")
-    if server.kind == "classic":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            "anibook_utils.widgets._table_html styles nothing: in the classic Notebook (ipywidgets 7.7.1, "
-            "Colab's) the table's cells have no padding, so headers run together "
-            "('layersactivationparameters...') and neighbouring numbers touch ('0.0051e-05')")))
     assert gap >= 4, f"{server.kind}: neighbouring cells of the runs table are {gap:.1f} px apart"
 
 
