@@ -37,7 +37,7 @@ book-quick: $(STAMP)
 
 # pytest exits 5 when it collected no tests: a suite that runs nothing is a failure here.
 test: $(STAMP)
-	ANIBOOK_QUICK=1 $(BIN)/python -m pytest -p no:cacheprovider tests; \
+	ANIBOOK_QUICK=1 $(BIN)/python -m pytest -p no:cacheprovider --durations=30 tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; fi; exit $$rc
 
 test-fast: $(STAMP)

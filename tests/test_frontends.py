@@ -370,6 +370,15 @@ class Tab:
                     else ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
         return self.page.locator(selector).evaluate_all("es => es.map(e => e.innerText.slice(0, 2000))")
 
+    def run_notebook(self, notebook: str) -> None:
+        """Open ``notebook``, run all its cells from the menu, wait for the kernel, and fail on
+        any cell that raised."""
+        self.open(notebook)
+        self.run_all()
+        self.wait_until_all_ran()
+        errors = self.error_outputs()
+        assert not errors, f"{self.server.kind}: cells raised:\n" + "\n".join(errors)
+
     def insert_cell_below(self, cell, code: str):
         """Select ``cell``, insert a code cell below it (Esc, B), type ``code`` and run it
         (Shift+Enter), as a reader would; return the new cell."""
@@ -556,10 +565,7 @@ def wait_for(tab: Tab, what: str, check, timeout_s: float, poll_s: float = 0.5):
 
 def test_interactive_panel(tab, screenshots):
     kind = tab.server.kind
-    tab.open("07_interactive.ipynb")
-    tab.run_all()
-    tab.wait_until_all_ran()
-    assert not tab.error_outputs(), f"{kind}: cells raised:\n" + "\n".join(tab.error_outputs())
+    tab.run_notebook("07_interactive.ipynb")
 
     panel = Panel(tab)
     panel.text_box("H layers").wait_for()
@@ -640,10 +646,7 @@ WEBGL_INFO = """(canvas) => {
 
 def test_molecule_viewer(tab, screenshots):
     kind = tab.server.kind
-    tab.open("01_data.ipynb")
-    tab.run_all()
-    tab.wait_until_all_ran()
-    assert not tab.error_outputs(), f"{kind}: cells raised:\n" + "\n".join(tab.error_outputs())
+    tab.run_notebook("01_data.ipynb")
     viewer = tab.page.locator("div[id^='3dmolviewer']")
     canvas = viewer.locator("canvas").first
     canvas.wait_for()
