@@ -314,6 +314,15 @@ def _size(part: Any) -> str:
     return f"{len(part):,}"
 
 
+def _training_line(config: TrainConfig, world: int) -> str:
+    """The settings a reader compares between runs, in one short line."""
+    share = f" ({config.batch_size // world} or so per process)" if world > 1 else ""
+    forces = f", force weight {config.force_weight:g}" if config.force_weight > 0 else ""
+    return (f"{config.epochs} epochs, batches of {config.batch_size}{share}, {config.optimizer} at lr {config.lr:g}, "
+            f"{config.schedule} schedule, AEVs {'computed in the step' if config.feed == 'in_step' else 'precomputed'}"
+            f"{forces}")
+
+
 def _header(cfg: RunConfig, parts: Sequence[Any], distributed: Distributed | None) -> str:
     world = distributed.world_size if distributed is not None else 1
     where = (f"{world} processes ({distributed.backend} on {distributed.device.type})" if distributed is not None
@@ -323,7 +332,7 @@ def _header(cfg: RunConfig, parts: Sequence[Any], distributed: Distributed | Non
     return (f"data: {cfg.data.describe()}; {sizes} conformations\n"
             f"model: {cfg.spec.label() if hasattr(cfg.spec, 'label') else cfg.spec}, "
             f"{cfg.spec.num_parameters():,} parameters\n"
-            f"training: {cfg.train!r}\n"
+            f"training: {_training_line(cfg.train, world)}\n"
             f"on {where}; checkpoints in {cfg.checkpoint_dir}")
 
 

@@ -93,6 +93,9 @@ def test_a_run_alone_writes_log_checkpoints_potential_and_test_rmse(tmp_path, ca
     assert cli(["train", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "epoch   2/2" in out and "test set (40 conformations" in out
+    # the header says the settings in one short line, not a config's repr
+    training = next(line for line in out.splitlines() if line.startswith("training: "))
+    assert "2 epochs, batches of" in training and "TrainConfig(" not in out and len(training) < 160
     folder = tmp_path / "checkpoints"
     assert {"latest.pt", "best.pt", "log.jsonl", "potential.pt", "summary.json"} <= {p.name for p in folder.iterdir()}
     summary = json.loads((folder / "summary.json").read_text())

@@ -182,6 +182,19 @@ def test_the_streaming_benchmark_measures_steps_and_prints_its_tables(real_data)
     assert "5a. Streaming from disk" in text and "10,800" in text and "0.90" in text
 
 
+def test_the_throughput_comparison_keeps_each_paths_fastest_round(real_data, monkeypatch):
+    import benchmarks.streaming as bench
+
+    times = {"memory": iter([30.0, 20.0, 25.0]), "stream": iter([40.0, 45.0, 22.0])}  # ms per step, by round
+    monkeypatch.setattr(bench, "in_memory_steps", lambda data, b, s: {"step_ms": (t := next(times["memory"])),
+                                                                      "conformations_per_s": b / t * 1e3})
+    monkeypatch.setattr(bench, "streamed_steps", lambda stream, b, s: {"step_ms": (t := next(times["stream"])),
+                                                                       "conformations_per_s": b / t * 1e3})
+    memory, streamed = bench.streaming_throughput(real_data, batch_size=64, steps=2, rounds=3)
+    assert (memory["step_ms"], streamed["step_ms"]) == (20.0, 22.0) and memory["rounds"] == 3
+    assert streamed["relative"] == pytest.approx(20.0 / 22.0)
+
+
 @pytest.mark.notebook
 def test_the_appendix_shows_streamed_memory_flat(run_chapter):
     m = run_chapter("appendix_benchmarks")
