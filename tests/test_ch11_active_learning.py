@@ -64,6 +64,11 @@ def test_learning_curves_and_the_half_label_comparison(metrics):
     queries = (labels[-1] - labels[0]) * len(metrics["seeds"])
     for strategy in ("qbc", "random"):
         assert sum(metrics["queried_origins"][strategy].values()) == queries
+    # the label count the chapter quotes is the first at which the committee's mean curve reaches random's final RMSE
+    reached = [n for n in labels if curves["qbc"][str(n)] <= comparison["baseline_final_rmse"]]
+    assert comparison["labels_needed"] == (reached[0] if reached else None)
+    if reached:
+        assert comparison["label_fraction"] == pytest.approx(reached[0] / labels[-1])
     if not metrics["quick"]:
         assert comparison["label_fraction"] is not None and comparison["label_fraction"] <= 0.5  # the target
 
