@@ -58,3 +58,17 @@ def test_minima_frequencies_and_dynamics_are_measured(metrics):
         assert abs(row["drift over the run (kcal/mol)"]) < 0.05 and row["largest deviation (kcal/mol)"] < 0.1
     assert len(metrics["sampled_coverage"]) == 6 and len(metrics["hot"]) == 6
     assert len(metrics["hot_dft"]) >= 1
+
+
+@pytest.mark.notebook
+@pytest.mark.usefixtures("real_data")
+def test_the_issues_targets_are_tabulated_from_the_run(metrics):
+    targets = metrics["targets"]
+    assert len(targets) == 7
+    scores = metrics["test_scores"]["energies + forces"]
+    force_row = targets["test force RMSE, model trained on forces (kcal/mol/Å)"]
+    assert force_row == {"target (at most)": 0.5, "this run": pytest.approx(scores["force_rmse"])}
+    frequency_row = targets["harmonic frequencies, mean absolute error (cm⁻¹)"]
+    assert frequency_row["this run"] == pytest.approx(metrics["frequency_mae_cm"]["energies + forces"])
+    assert 0 < targets["this chapter so far, on the machine that built this page (min)"]["this run"] \
+        < metrics["elapsed_seconds"] / 60
