@@ -47,6 +47,7 @@ from .atomic import atomic_write
 from .cache import cache_dir
 from .data import BOOK_SPLIT, ELEMENTS, HARTREE_TO_KCAL, ANIData, load_dataset, sha256_of, split_dataset
 from .data.files import REPO_DATA_DIR
+from .history import plain_log_ticks
 from .models import ArchitectureSpec
 from .sampling import NormalModes, sample_normal_modes, too_close
 from .training import TrainConfig
@@ -827,6 +828,8 @@ class LearningCurves:
             ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log_ticks(ax.xaxis)
+        plain_log_ticks(ax.yaxis)
         ax.set_xlabel("labelled conformations")
         ax.set_ylabel("test RMSE (kcal/mol)")
         ax.legend()

@@ -80,6 +80,7 @@ class History:
                         label=f"{prefix}best {best[f'val_{metric}']:.3g} kcal/mol")
         if log:
             ax.set_yscale("log")
+            plain_log_ticks(ax.yaxis)
         ax.set_xlabel({"epoch": "epoch", "time": "training time (s)"}.get(x, x))
         ax.set_ylabel(f"energy {metric.upper()} (kcal/mol)")
         if title:
@@ -95,3 +96,18 @@ class History:
         last = self.records[-1]
         return (f"History({len(self)} epochs, last val RMSE {last['val_rmse']:.3f} kcal/mol, "
                 f"best {self.best()['val_rmse']:.3f})")
+
+
+def plain_log_ticks(axis) -> None:
+    """Label a log-scaled matplotlib ``axis`` with plain numbers (0.5, 1, 2, 10) instead of
+    matplotlib's default powers (5×10⁻¹): kcal/mol read more easily so."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        """matplotlib's choice of which ticks to label, written as plain numbers."""
+
+        def __call__(self, x: float, pos=None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    axis.set_major_formatter(PlainLogFormatter())
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))

@@ -42,7 +42,7 @@ import ipywidgets as w
 
 from .data import ANIData
 from .models import ACTIVATIONS, ArchitectureError, ArchitectureSpec
-from .history import History
+from .history import History, plain_log_ticks
 from .training import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, TrainResult, train
 
 __all__ = [
@@ -188,6 +188,7 @@ def draw_learning_curves(ax, history: History, previous: Sequence[PanelRun] = ()
         history.plot(ax=ax, title=title)
     else:
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis)
         ax.set_xlabel("epoch")
         ax.set_ylabel("energy RMSE (kcal/mol)")
         ax.text(0.5, 0.5, "waiting for the first epoch…", transform=ax.transAxes, ha="center",
