@@ -223,3 +223,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(
             f"NOT RUN: {count} test(s) in {module} were skipped (see the skip reasons above); "
             f"to run them: {ENABLERS[module]}, then make test", yellow=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def playwright_session():
+    """One Playwright for the whole test session: the browser tests and the front-end tests each
+    launch their Chromium under it (a second ``sync_playwright()`` while one is running fails with
+    "using Playwright Sync API inside the asyncio loop")."""
+    from browser_support import require_browser
+
+    sync_playwright = require_browser()
+    with sync_playwright() as playwright:
+        yield playwright

@@ -28,10 +28,8 @@ import pytest
 from anibook_utils.colab import REPOSITORY_BRANCH
 from book_layout import toc_files
 from browser_support import (  # noqa: F401  (screenshots, npm_mirror: fixtures used below)
-    CHROMIUM,
-    CHROMIUM_ARGS,
     NpmMirror,
-    missing,
+    launch_chromium,
     npm_mirror,
     screenshots,
 )
@@ -59,17 +57,10 @@ def expected_figures(entry: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("the playwright package is not installed: pip install playwright")
-    if not CHROMIUM.is_file():
-        missing(f"no Chromium at {CHROMIUM}: run tools/install_browser.sh (or set ANIBOOK_CHROMIUM)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+def browser(playwright_session):
+    chromium = launch_chromium(playwright_session)
+    yield chromium
+    chromium.close()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -278,13 +278,11 @@ def server(request, tmp_path_factory, real_data):
 
 
 @pytest.fixture(scope="module")
-def chromium():
+def chromium(playwright_session):
     """Chromium with software WebGL (SwiftShader): 3Dmol.js draws with WebGL."""
-    sync_playwright = require_browser()
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, WEBGL_ARGS)
-        yield browser
-        browser.close()
+    browser = launch_chromium(playwright_session, WEBGL_ARGS)
+    yield browser
+    browser.close()
 
 
 # -- a browser tab on a front end -----------------------------------------------------------------
